@@ -1,0 +1,37 @@
+# The two commands of the README: `make run` and `make test`. Everything else is optional.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Re-install when a requirements file changes.
+READY  := $(VENV)/.ready
+export SAM_CLI_TELEMETRY ?= 0
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: run test test-unit lint validate build bench fuzz clean
+
+$(READY): requirements-dev.txt layers/common/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+run: $(READY)  ## serve the API (and run tasks) on http://127.0.0.1:$${API_PORT:-8080}
+	$(BIN)/python -m devtools.run
+
+test: $(READY)  ## unit, integration (real PostgreSQL) and end-to-end tests
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: $(READY)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(READY)
+	$(BIN)/ruff check .
+	$(BIN)/sam validate --lint
+
+validate: $(READY)
+	$(BIN)/sam validate --lint
+
+build: $(READY)
+	$(BIN)/sam build
+
+clean:
+	rm -rf .aws-sam .local

@@ -1,0 +1,148 @@
+"""The HTTP edge shared by every API function: the resolver, the one place that maps errors
+to responses, and the decorator stack of a Lambda entry point."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from atcore.errors import AtError, PayloadTooLarge
+from atcore.models import MAX_BODY_BYTES, ErrorBody, ErrorDetail
+from atcore.observability import logger, metrics, tracer
+
+JSON = "application/json"
+
+
+def error_response(status: HTTPStatus, message: str, details: list[ErrorDetail] | None = None) -> Response:
+    body = ErrorBody(error=message, details=details or None)
+    return Response(status_code=status, content_type=JSON, body=body.model_dump_json(exclude_none=True))
+
+
+def _reject_constant(name: str) -> float:
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise json.JSONDecodeError("number is out of range", text, 0)
+    return value
+
+
+def parse_json_body(text: str) -> Any:
+    """json.loads, minus what PostgreSQL's jsonb cannot hold or Python cannot bound; every
+    failure surfaces as JSONDecodeError, which Powertools turns into a validation error."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise json.JSONDecodeError("JSON is nested too deeply", "", 0) from None
+    except ValueError as exc:  # e.g. integers longer than Python's 4300-digit limit
+        if isinstance(exc, json.JSONDecodeError):
+            raise
+        raise json.JSONDecodeError(str(exc), "", 0) from None
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    # ("body", "payload") -> "payload"; ("path", "task_id") -> "id"; ("query", "limit") -> "limit"
+    names = [str(part) for part in loc[1:] if not isinstance(part, int)]
+    if loc[:1] == ("path",):
+        return "id"
+    return ".".join(names)
+
+
+def _describe(error: dict[str, Any]) -> ErrorDetail:
+    loc = tuple(error.get("loc", ()))
+    field = _field_name(loc)
+    kind = error.get("type")
+    if kind == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "malformed JSON")
+        return ErrorDetail(field="body", message=f"request body is not valid JSON: {reason}")
+    if not field:  # the body itself: missing, empty, or not an object
+        return ErrorDetail(field="body", message="request body must be a JSON object")
+    if kind == "missing":
+        return ErrorDetail(field=field, message=f"{field} is required")
+    if kind == "value_error":
+        return ErrorDetail(field=field, message=str(error.get("ctx", {}).get("error", error.get("msg"))))
+    return ErrorDetail(field=field, message=f"{field}: {error.get('msg', 'invalid value')}")
+
+
+def validation_error_response(errors: list[dict[str, Any]]) -> Response:
+    details = [_describe(error) for error in errors]
+    return error_response(HTTPStatus.BAD_REQUEST, details[0].message if details else "invalid request", details)
+
+
+def _body_size(event: dict[str, Any]) -> int:
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            return len(base64.b64decode(body, validate=False))
+        except (binascii.Error, ValueError):
+            return len(body)
+    return len(body.encode("utf-8", "surrogatepass"))
+
+
+def _as_json_request(event: dict[str, Any]) -> dict[str, Any]:
+    """Bodies are read as JSON whatever their Content-Type, as the original service did
+    (curl -d sends application/x-www-form-urlencoded)."""
+    headers = {k: v for k, v in (event.get("headers") or {}).items() if k.lower() != "content-type"}
+    headers["content-type"] = JSON
+    multi = {k: v for k, v in (event.get("multiValueHeaders") or {}).items() if k.lower() != "content-type"}
+    multi["content-type"] = [JSON]
+    return {**event, "headers": headers, "multiValueHeaders": multi}
+
+
+class TaskApiResolver(APIGatewayRestResolver):
+    """Powertools' REST resolver with validation, plus the body-size limit and JSON-only bodies."""
+
+    def __init__(self) -> None:
+        super().__init__(enable_validation=True, json_body_deserializer=parse_json_body)
+        self.exception_handler(RequestValidationError)(lambda exc: validation_error_response(list(exc.errors())))
+        self.exception_handler(AtError)(self._domain_error)
+        self.exception_handler(Exception)(self._unexpected_error)
+
+    def resolve(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        if event.get("body") is not None:
+            if _body_size(event) > MAX_BODY_BYTES:
+                # Answered before routing, so an oversize body is never parsed.
+                too_large = PayloadTooLarge(f"request body exceeds the limit of {MAX_BODY_BYTES} bytes")
+                return {
+                    "statusCode": int(too_large.status),
+                    "headers": {"Content-Type": JSON},
+                    "body": ErrorBody(error=too_large.message).model_dump_json(exclude_none=True),
+                    "isBase64Encoded": False,
+                }
+            event = _as_json_request(event)
+        return super().resolve(event, context)
+
+    @staticmethod
+    def _domain_error(exc: AtError) -> Response:
+        if exc.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            logger.warning("Request failed", extra={"error": exc.message, "status": int(exc.status)})
+        return error_response(exc.status, exc.message)
+
+    @staticmethod
+    def _unexpected_error(exc: Exception) -> Response:
+        logger.exception("Unhandled error")
+        return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
+
+
+def api_entrypoint(app: TaskApiResolver) -> Callable[[dict[str, Any], LambdaContext], dict[str, Any]]:
+    """The Lambda handler of an API function: correlation id, tracing and metrics around app.resolve."""
+
+    @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
+    @tracer.capture_lambda_handler(capture_response=False)
+    @metrics.log_metrics
+    def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        return app.resolve(event, context)
+
+    return lambda_handler

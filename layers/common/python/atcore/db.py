@@ -1,0 +1,143 @@
+"""PostgreSQL connections: lazy, pooled per process, re-opened after a broken connection.
+
+In Lambda a process serves one invocation at a time, so the pool holds one connection that
+lives as long as the execution environment. The local run calls handlers from many threads,
+so the same pool hands each concurrent caller its own connection. Importing this module does
+no I/O. Driver errors are translated here, and only here, into atcore.errors.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError as DriverDatabaseError
+from pg8000.exceptions import InterfaceError
+
+from atcore.config import DatabaseSettings, database_settings
+from atcore.errors import DatabaseError, DatabaseUnavailable, InvalidRequest
+from atcore.observability import logger
+
+Connection = pg8000.native.Connection
+
+_MAX_IDLE_CONNECTIONS = 16
+# SQLSTATE classes/codes meaning "the server is (temporarily) not there" rather than a bug.
+_UNAVAILABLE_CLASSES = ("08", "53", "57")
+_DATA_EXCEPTION_CLASS = "22"
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return open_connection(database_settings())
+
+    def give_back(self, conn: Connection) -> None:
+        with self._lock:
+            if len(self._idle) < _MAX_IDLE_CONNECTIONS:
+                self._idle.append(conn)
+                return
+        _close_quietly(conn)
+
+    def clear(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            _close_quietly(conn)
+
+
+_pool = _Pool()
+
+
+def _ssl_context(settings: DatabaseSettings) -> ssl.SSLContext | bool:
+    if settings.sslmode == "disable":
+        return False
+    if settings.sslmode == "require":  # encrypted, not verified (libpq's meaning of require)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=settings.sslrootcert)
+
+
+def open_connection(settings: DatabaseSettings, database: str | None = None) -> Connection:
+    """A new connection; the connect timeout bounds how long an unreachable server can stall us."""
+    try:
+        sock = socket.create_connection((settings.host, settings.port), timeout=settings.connect_timeout)
+        sock.settimeout(settings.connect_timeout + settings.statement_timeout_ms / 1000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return Connection(
+            user=settings.user,
+            host=settings.host,
+            port=settings.port,
+            database=database or settings.name,
+            password=settings.password,
+            ssl_context=_ssl_context(settings),
+            sock=sock,
+            application_name="at",
+            startup_params={"TimeZone": "UTC", "statement_timeout": str(settings.statement_timeout_ms)},
+        )
+    except OSError as exc:
+        raise DatabaseUnavailable("database is unavailable, try again later") from exc
+    except (InterfaceError, DriverDatabaseError) as exc:
+        raise _translate(exc) from exc
+
+
+def _sqlstate(exc: Exception) -> str:
+    details = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return str(details.get("C", ""))
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, InterfaceError):  # socket closed, network error, protocol desync
+        return DatabaseUnavailable("database connection was lost, try again")
+    code = _sqlstate(exc)
+    if code.startswith(_UNAVAILABLE_CLASSES):
+        return DatabaseUnavailable("database is unavailable, try again later")
+    if code.startswith(_DATA_EXCEPTION_CLASS):
+        # A value the validators let through but PostgreSQL refuses: still the client's input.
+        message = exc.args[0].get("M", "invalid value") if isinstance(exc.args[0], dict) else "invalid value"
+        return InvalidRequest(f"value rejected: {message}")
+    return DatabaseError("internal database error")
+
+
+def _close_quietly(conn: Connection) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - the connection is being thrown away anyway
+        pass
+
+
+@contextmanager
+def connection() -> Iterator[Connection]:
+    """Lend a connection for one unit of work (each statement commits on its own)."""
+    conn = _pool.take()
+    try:
+        yield conn
+    except (InterfaceError, DriverDatabaseError, OSError) as exc:
+        translated = _translate(exc)
+        if isinstance(translated, DatabaseUnavailable) or isinstance(exc, (InterfaceError, OSError)):
+            _close_quietly(conn)  # its state is unknown; the next caller gets a fresh one
+        else:
+            _pool.give_back(conn)
+        logger.warning("Database call failed", extra={"sqlstate": _sqlstate(exc), "error_class": type(exc).__name__})
+        raise translated from exc
+    except BaseException:
+        _close_quietly(conn)
+        raise
+    else:
+        _pool.give_back(conn)
+
+
+def reset() -> None:
+    """Close pooled connections (tests, and after the settings change)."""
+    _pool.clear()

@@ -1,0 +1,233 @@
+"""The request and response shapes of the API: the one definition (the OpenAPI document is
+generated from these). Every rule of CONTRACT.md about a field lives here, with the message a
+client sees when it breaks it."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_serializer
+
+INT64_MAX = 9_223_372_036_854_775_807
+TASK_TYPE_MAX_LENGTH = 50
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS_LIMIT = 100
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+MAX_BODY_BYTES = 256 * 1024
+
+
+class TaskStatus(StrEnum):
+    # Same words as the CHECK constraint in db/migrations/0001_scheduled_tasks.sql.
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+CANCELLABLE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.PROCESSING})
+STATUS_CHOICES = ", ".join(TaskStatus)
+
+# RFC 3339 date-time with a mandatory offset; fromisoformat alone would also take
+# zone-less and week-date forms.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def format_timestamp(value: datetime) -> str:
+    """UTC, `Z` suffix, sub-second digits only when non-zero (CONTRACT.md)."""
+    utc = value.astimezone(timezone.utc)
+    text = utc.replace(tzinfo=None, microsecond=0).isoformat()
+    if utc.microsecond:
+        text += f".{utc.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+UtcTimestamp = Annotated[datetime, PlainSerializer(format_timestamp, return_type=str)]
+
+
+def parse_execute_at(value: object) -> datetime:
+    message = "execute_at must be RFC 3339 with a timezone, e.g. 2030-01-01T12:00:00Z"
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError(message)
+    try:
+        parsed = datetime.fromisoformat(value.upper())
+        return parsed.astimezone(timezone.utc)  # out-of-range dates (year 0, leap second 60) fail here
+    except (ValueError, OverflowError):
+        raise ValueError(message) from None
+
+
+def require_future(value: datetime) -> datetime:
+    if value <= datetime.now(timezone.utc):
+        raise ValueError("execute_at must be in the future")
+    return value
+
+
+def check_task_type(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("task_type must be a string")
+    if not 1 <= len(value) <= TASK_TYPE_MAX_LENGTH:
+        raise ValueError(f"task_type must be 1 to {TASK_TYPE_MAX_LENGTH} characters long")
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or 0xD800 <= ord(ch) < 0xE000 for ch in value):
+        raise ValueError("task_type must not contain control characters")
+    return value
+
+
+def check_payload(value: object) -> object:
+    if value is None:
+        raise ValueError("payload must not be null")
+    ensure_storable_json(value)
+    return value
+
+
+def ensure_storable_json(value: object) -> None:
+    """PostgreSQL's jsonb refuses NUL characters, lone surrogates and non-finite numbers;
+    find them here so the client gets a 400 instead of a database error."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            _check_storable_string(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("payload numbers must be finite")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _check_storable_string(key)
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _check_storable_string(text: str) -> None:
+    if "\x00" in text:
+        raise ValueError("payload strings must not contain the NUL character (\\u0000)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("payload strings must be valid Unicode (no lone surrogates)") from None
+
+
+def check_max_attempts(value: object) -> int:
+    # bool is an int subclass in Python; JSON true is not a number of attempts.
+    if value is None:
+        return DEFAULT_MAX_ATTEMPTS
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ATTEMPTS_LIMIT:
+        raise ValueError(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS_LIMIT}")
+    return value
+
+
+def parse_task_id(value: object) -> int:
+    if isinstance(value, str) and _DIGITS.fullmatch(value) and 1 <= int(value) <= INT64_MAX:
+        return int(value)
+    raise ValueError(f"id must be an integer from 1 to {INT64_MAX}")
+
+
+def _parse_non_negative(name: str, value: object) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and _DIGITS.fullmatch(value) and int(value) <= INT64_MAX:
+        return int(value)
+    raise ValueError(f"{name} must be a non-negative integer")
+
+
+def parse_limit(value: object) -> int:
+    limit = _parse_non_negative("limit", value)
+    if not limit:  # absent or 0 means the default page size
+        return DEFAULT_PAGE_SIZE
+    return min(limit, MAX_PAGE_SIZE)
+
+
+def parse_offset(value: object) -> int:
+    return _parse_non_negative("offset", value) or 0
+
+
+def parse_status_filter(value: object) -> TaskStatus | None:
+    if value is None or value == "":
+        return None
+    if value not in TaskStatus.__members__.values():
+        raise ValueError(f"status must be one of: {STATUS_CHOICES}")
+    return TaskStatus(value)
+
+
+def parse_task_type_filter(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > TASK_TYPE_MAX_LENGTH:
+        raise ValueError(f"task_type must be at most {TASK_TYPE_MAX_LENGTH} characters long")
+    return value
+
+
+# Request parameter types: the validator gives the message, Field gives the OpenAPI schema.
+TaskId = Annotated[int, BeforeValidator(parse_task_id), Field(ge=1, le=INT64_MAX)]
+PageLimit = Annotated[int, BeforeValidator(parse_limit), Field(ge=1, le=MAX_PAGE_SIZE)]
+PageOffset = Annotated[int, BeforeValidator(parse_offset), Field(ge=0)]
+StatusFilter = Annotated[TaskStatus | None, BeforeValidator(parse_status_filter)]
+TaskTypeFilter = Annotated[str | None, BeforeValidator(parse_task_type_filter), Field(max_length=TASK_TYPE_MAX_LENGTH)]
+
+
+class CreateTaskRequest(BaseModel):
+    """Body of POST /api/v1/tasks. Unknown fields are ignored, as the original did."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    execute_at: Annotated[datetime, BeforeValidator(parse_execute_at), AfterValidator(require_future)] = Field(
+        description="RFC 3339 date-time with an offset (Z or ±hh:mm), strictly in the future."
+    )
+    task_type: Annotated[str, BeforeValidator(check_task_type)] = Field(
+        min_length=1, max_length=TASK_TYPE_MAX_LENGTH, description="Routes the task to its executor."
+    )
+    payload: Annotated[Any, BeforeValidator(check_payload)] = Field(
+        description="Any JSON value except null; handed to the executor."
+    )
+    max_attempts: Annotated[int, BeforeValidator(check_max_attempts)] = Field(
+        default=DEFAULT_MAX_ATTEMPTS, ge=1, le=MAX_ATTEMPTS_LIMIT
+    )
+
+
+_OPTIONAL_TASK_FIELDS = ("completed_at", "error_message")
+
+
+class Task(BaseModel):
+    id: int
+    execute_at: UtcTimestamp
+    task_type: str
+    payload: Any
+    status: TaskStatus
+    attempts: int
+    max_attempts: int
+    created_at: UtcTimestamp
+    updated_at: UtcTimestamp
+    completed_at: UtcTimestamp | None = Field(default=None, description="Present once completed or failed.")
+    error_message: str | None = Field(default=None, description="Present once an attempt has failed.")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_optionals(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        for name in _OPTIONAL_TASK_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+class TaskEnvelope(BaseModel):
+    task: Task
+
+
+class TaskPage(BaseModel):
+    tasks: list[Task]
+    total: int = Field(description="Tasks matching the filters, ignoring limit and offset.")
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    details: list[ErrorDetail] | None = None

@@ -1,0 +1,48 @@
+"""The API's business rules, one function per operation. Handlers call these; these call the
+repository inside one pooled connection each."""
+
+from __future__ import annotations
+
+from atcore import db, repository
+from atcore.errors import TaskNotCancellable, TaskNotFound
+from atcore.models import CreateTaskRequest, Task, TaskPage, TaskStatus
+from atcore.observability import logger
+
+
+def create_task(request: CreateTaskRequest) -> Task:
+    with db.connection() as conn:
+        task = repository.insert_task(conn, request)
+    logger.info("Task created", extra={"task_id": task.id, "task_type": task.task_type, "execute_at": task.execute_at})
+    return task
+
+
+def get_task(task_id: int) -> Task:
+    with db.connection() as conn:
+        task = repository.find_task(conn, task_id)
+    if task is None:
+        raise TaskNotFound(f"task {task_id} not found")
+    return task
+
+
+def cancel_task(task_id: int) -> Task:
+    with db.connection() as conn:
+        task = repository.cancel_task(conn, task_id)
+        if task is None:
+            status = repository.task_status(conn, task_id)
+    if task is not None:
+        logger.info("Task cancelled", extra={"task_id": task_id})
+        return task
+    if status is None:
+        raise TaskNotFound(f"task {task_id} not found")
+    raise TaskNotCancellable(f"task {task_id} is already {status.value} and cannot be cancelled")
+
+
+def list_tasks(*, status: TaskStatus | None, task_type: str | None, limit: int, offset: int) -> TaskPage:
+    with db.connection() as conn:
+        return repository.list_tasks(conn, status=status, task_type=task_type, limit=limit, offset=offset)
+
+
+def check_health() -> None:
+    """Raises DatabaseUnavailable when the database does not answer."""
+    with db.connection() as conn:
+        repository.ping(conn)

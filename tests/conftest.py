@@ -1,0 +1,169 @@
+"""Shared fixtures: a real PostgreSQL for the whole run, migrated once, emptied per test.
+
+Without DB_HOST the run starts an embedded server (devtools.pgserver); with DB_HOST it uses
+that server and creates a fresh database on it for this run (dropped at the end).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pg8000.native
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS_DIR = ROOT / "events"
+
+
+class LambdaContext:
+    """The attributes Powertools reads from a real Lambda context."""
+
+    function_name = "at-test"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:at-test"
+    log_stream_name = "test"
+
+    def __init__(self) -> None:
+        self.aws_request_id = str(uuid.uuid4())
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 10_000
+
+
+def load_event(name: str, **overrides: Any) -> dict[str, Any]:
+    event = json.loads((EVENTS_DIR / f"{name}.json").read_text())
+    event.update(overrides)
+    return event
+
+
+_functions: dict[str, ModuleType] = {}
+
+
+def load_function(name: str) -> ModuleType:
+    """Import functions/<name>/app.py under a unique module name (every function's module is `app`)."""
+    if name not in _functions:
+        spec = importlib.util.spec_from_file_location(f"at_function_{name}", ROOT / "functions" / name / "app.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _functions[name] = module
+    return _functions[name]
+
+
+def invoke_raw(function: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Invoke a function's Lambda handler in-process; returns the proxy response as is."""
+    return load_function(function).lambda_handler(event, LambdaContext())
+
+
+def invoke(function: str, event: dict[str, Any]) -> tuple[int, Any]:
+    """Invoke a function's Lambda handler in-process; returns (status, parsed JSON body or text)."""
+    response = invoke_raw(function, event)
+    body = response.get("body") or ""
+    try:
+        return response["statusCode"], json.loads(body)
+    except ValueError:
+        return response["statusCode"], body
+
+
+class Database:
+    """Where the tests' PostgreSQL is, and admin helpers on it."""
+
+    def __init__(self, host: str, port: int, user: str, password: str | None, admin_db: str) -> None:
+        self.host, self.port, self.user, self.password, self.admin_db = host, port, user, password, admin_db
+
+    def connect(self, database: str) -> pg8000.native.Connection:
+        return pg8000.native.Connection(
+            user=self.user, host=self.host, port=self.port, password=self.password, database=database
+        )
+
+    def create_database(self, name: str) -> None:
+        conn = self.connect(self.admin_db)
+        try:
+            conn.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.run(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+
+    def drop_database(self, name: str) -> None:
+        conn = self.connect(self.admin_db)
+        try:
+            conn.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            conn.close()
+
+    def env(self, database: str) -> dict[str, str]:
+        env = {"DB_HOST": self.host, "DB_PORT": str(self.port), "DB_USER": self.user,
+               "DB_NAME": database, "DB_SSLMODE": "disable"}
+        if self.password:
+            env["DB_PASSWORD"] = self.password
+        return env
+
+
+@pytest.fixture(scope="session")
+def database_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    if os.environ.get("DB_HOST"):
+        yield Database(
+            host=os.environ["DB_HOST"],
+            port=int(os.environ.get("DB_PORT", "5432")),
+            user=os.environ.get("DB_USER", "postgres"),
+            password=os.environ.get("DB_PASSWORD") or None,
+            admin_db=os.environ.get("DB_NAME", "postgres"),
+        )
+        return
+    from devtools.pgserver import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pgdata"), durable=False)
+    server.start()
+    try:
+        yield Database(server.host, server.port, server.user, None, "postgres")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def database(database_server: Database) -> Iterator[str]:
+    """A fresh, migrated database for this run; DB_* point at it for the code under test."""
+    from atcore import config, db
+    from migrate import apply_migrations
+
+    name = f"at_test_{uuid.uuid4().hex[:10]}"
+    database_server.create_database(name)
+    conn = database_server.connect(name)
+    try:
+        apply_migrations(conn)
+    finally:
+        conn.close()
+    saved = {key: os.environ.get(key) for key in ("DB_HOST", "DB_PORT", "DB_USER", "DB_NAME", "DB_SSLMODE", "DB_PASSWORD")}
+    os.environ.update(database_server.env(name))
+    config.database_settings.cache_clear()
+    db.reset()
+    try:
+        yield name
+    finally:
+        db.reset()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        config.database_settings.cache_clear()
+        database_server.drop_database(name)
+
+
+@pytest.fixture
+def sql(database_server: Database, database: str) -> Iterator[pg8000.native.Connection]:
+    """A direct connection to the test database, emptied before each test."""
+    conn = database_server.connect(database)
+    conn.run("TRUNCATE scheduled_tasks RESTART IDENTITY")
+    try:
+        yield conn
+    finally:
+        conn.close()
