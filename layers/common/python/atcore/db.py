@@ -46,13 +46,13 @@ class _Pool:
             if len(self._idle) < _MAX_IDLE_CONNECTIONS:
                 self._idle.append(conn)
                 return
-        _close_quietly(conn)
+        close_quietly(conn)
 
     def clear(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
-            _close_quietly(conn)
+            close_quietly(conn)
 
 
 _pool = _Pool()
@@ -110,7 +110,7 @@ def _translate(exc: Exception) -> Exception:
     return DatabaseError("internal database error")
 
 
-def _close_quietly(conn: Connection) -> None:
+def close_quietly(conn: Connection) -> None:
     try:
         conn.close()
     except Exception:  # noqa: BLE001 - the connection is being thrown away anyway
@@ -126,13 +126,13 @@ def connection() -> Iterator[Connection]:
     except (InterfaceError, DriverDatabaseError, OSError) as exc:
         translated = _translate(exc)
         if isinstance(translated, DatabaseUnavailable) or isinstance(exc, (InterfaceError, OSError)):
-            _close_quietly(conn)  # its state is unknown; the next caller gets a fresh one
+            close_quietly(conn)  # its state is unknown; the next caller gets a fresh one
         else:
             _pool.give_back(conn)
         logger.warning("Database call failed", extra={"sqlstate": _sqlstate(exc), "error_class": type(exc).__name__})
         raise translated from exc
     except BaseException:
-        _close_quietly(conn)
+        close_quietly(conn)
         raise
     else:
         _pool.give_back(conn)

@@ -7,6 +7,9 @@ from atcore.db import Connection
 from atcore.models import CreateTaskRequest, Task, TaskPage, TaskStatus
 from atcore.sql import query
 
+# The dispatcher never sleeps longer than this; creates due sooner wake it (create_task SQL).
+WAKE_HORIZON_SECONDS = 1.0
+
 _TASK_COLUMNS = (
     "id", "execute_at", "task_type", "payload", "status", "attempts", "max_attempts",
     "created_at", "updated_at", "completed_at", "error_message",
@@ -24,6 +27,7 @@ def insert_task(conn: Connection, request: CreateTaskRequest) -> Task:
         task_type=request.task_type,
         payload=json.dumps(request.payload, ensure_ascii=False, allow_nan=False),
         max_attempts=request.max_attempts,
+        wake_horizon_seconds=WAKE_HORIZON_SECONDS,
     )
     return _task(rows[0])
 

@@ -1,10 +1,20 @@
 -- Queries of the API. The column list is the same everywhere so rows map to atcore.models.Task.
 
 -- name: create_task
-INSERT INTO scheduled_tasks (execute_at, task_type, payload, max_attempts)
-VALUES (:execute_at, :task_type, CAST(:payload AS jsonb), :max_attempts)
-RETURNING id, execute_at, task_type, payload, status, attempts, max_attempts,
-          created_at, updated_at, completed_at, error_message
+-- A task due within the dispatcher's longest sleep wakes it (NOTIFY is delivered on commit);
+-- later tasks are found by its next regular look, so most creates notify nobody.
+WITH created AS (
+    INSERT INTO scheduled_tasks (execute_at, task_type, payload, max_attempts)
+    VALUES (:execute_at, :task_type, CAST(:payload AS jsonb), :max_attempts)
+    RETURNING id, execute_at, task_type, payload, status, attempts, max_attempts,
+              created_at, updated_at, completed_at, error_message
+)
+SELECT created.*
+FROM created
+LEFT JOIN LATERAL (
+    SELECT pg_notify('at_task_due_soon', '')
+    WHERE created.execute_at <= now() + make_interval(secs => :wake_horizon_seconds)
+) AS wake ON true
 
 -- name: get_task
 SELECT id, execute_at, task_type, payload, status, attempts, max_attempts,

@@ -1,0 +1,60 @@
+"""Scheduled every minute: for about a minute, hand each task to SQS the moment it falls due.
+
+A once-a-minute schedule alone would make tasks up to a minute late; instead each invocation
+keeps the dispatcher loop running (it sleeps until the next due time, woken early by new
+near-due tasks), and the next invocation takes over as this one ends.
+"""
+
+import json
+import os
+import time
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from atcore import db, execution
+from atcore.dispatcher import Dispatcher
+from atcore.execution import ClaimedTask
+from atcore.observability import logger, metrics, tracer
+
+RUN_SECONDS = float(os.environ.get("AT_DISPATCH_RUN_SECONDS", "60"))
+_SAFETY_MARGIN_MS = 5_000
+_SQS_BATCH = 10
+_sqs = None
+
+
+def _queue():
+    global _sqs
+    if _sqs is None:
+        import boto3
+
+        _sqs = boto3.client("sqs")
+    return _sqs
+
+
+def send_to_queue(tasks: list[ClaimedTask]) -> None:
+    """One message per attempt: {"id", "attempt"} (payloads can exceed SQS's message size)."""
+    queue_url = os.environ["TASK_QUEUE_URL"]
+    for start in range(0, len(tasks), _SQS_BATCH):
+        chunk = tasks[start : start + _SQS_BATCH]
+        entries = [{"Id": str(t.id), "MessageBody": json.dumps({"id": t.id, "attempt": t.attempt})} for t in chunk]
+        failed = _queue().send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
+        if failed:
+            # Their leases expire and recovery retries them; nothing is lost.
+            logger.error("Tasks not queued", extra={"task_ids": [f["Id"] for f in failed]})
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    started = time.monotonic()
+    with db.connection() as conn:
+        age = execution.oldest_due_age_seconds(conn)
+    metrics.add_metric(name="OldestDueTaskAgeSeconds", unit=MetricUnit.Seconds, value=age)
+
+    def keep_running() -> bool:
+        return time.monotonic() - started < RUN_SECONDS and context.get_remaining_time_in_millis() > _SAFETY_MARGIN_MS
+
+    Dispatcher(send_to_queue).run(keep_running)
+    return {"ran_seconds": round(time.monotonic() - started, 1)}

@@ -1,0 +1,90 @@
+"""The dispatcher loop: hand every due task to a deliverer the moment it falls due.
+
+It never waits for a fixed poll tick: after each pass it sleeps until the next task is due
+or the next lease expires (PostgreSQL says when), at most WAKE_HORIZON_SECONDS, and a
+LISTEN connection wakes it early when a task due sooner than that is created.
+Any number of dispatchers may run at once: claims use SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Callable
+
+from atcore import db, execution
+from atcore.config import database_settings
+from atcore.errors import DatabaseUnavailable
+from atcore.execution import ClaimedTask, ExecutionSettings
+from atcore.observability import logger
+from atcore.repository import WAKE_HORIZON_SECONDS
+from atcore.sql import query
+
+Deliver = Callable[[list[ClaimedTask]], None]
+
+
+class DueSoonListener:
+    """A dedicated connection LISTENing for 'a task due soon was created'."""
+
+    def __init__(self) -> None:
+        self._conn: db.Connection | None = None
+
+    def wait(self, timeout: float) -> None:
+        if timeout <= 0:
+            return
+        try:
+            conn = self._connection()
+            # pg8000 has no blocking wait for notifications; its socket turns readable when one arrives.
+            readable, _, _ = select.select([conn._usock], [], [], timeout)  # noqa: SLF001
+            if readable:
+                conn.run("SELECT 1")  # reads the notification (and any others) off the wire
+                conn.notifications.clear()
+        except (DatabaseUnavailable, OSError, db.InterfaceError):
+            self.close()
+            time.sleep(min(timeout, WAKE_HORIZON_SECONDS))
+
+    def _connection(self) -> db.Connection:
+        if self._conn is None:
+            self._conn = db.open_connection(database_settings())
+            self._conn.run(query("listen_for_due_soon"))
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            db.close_quietly(self._conn)
+            self._conn = None
+
+
+class Dispatcher:
+    def __init__(self, deliver: Deliver, settings: ExecutionSettings | None = None,
+                 capacity: Callable[[], int] | None = None) -> None:
+        self._deliver = deliver
+        self._settings = settings or execution.execution_settings()
+        # How many more tasks the deliverer can take now; claiming more would let leases run out in a queue.
+        self._capacity = capacity or (lambda: self._settings.claim_batch_size)
+        self._listener = DueSoonListener()
+
+    def run_once(self) -> float:
+        """Recover expired leases, claim and deliver what is due; returns seconds to sleep."""
+        with db.connection() as conn:
+            execution.recover_expired_leases(conn)
+            while (room := min(self._capacity(), self._settings.claim_batch_size)) > 0:
+                tasks = execution.claim_due(conn, room, self._settings.lease_seconds)
+                if tasks:
+                    self._deliver(tasks)
+                if len(tasks) < room:
+                    break
+            else:
+                return 0.005  # the deliverer is full: look again very soon
+            wake_in = execution.seconds_until_next_wake(conn)
+        return WAKE_HORIZON_SECONDS if wake_in is None else max(0.0, min(wake_in, WAKE_HORIZON_SECONDS))
+
+    def run(self, keep_running: Callable[[], bool]) -> None:
+        while keep_running():
+            try:
+                sleep_for = self.run_once()
+            except DatabaseUnavailable:
+                logger.warning("Dispatcher cannot reach the database; retrying")
+                sleep_for = WAKE_HORIZON_SECONDS
+            self._listener.wait(sleep_for)
+        self._listener.close()

@@ -1,0 +1,221 @@
+"""Executing tasks against real PostgreSQL: timing, exactly-once claims, retries, leases, cancel."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from atcore import db, execution, service
+from atcore.dispatcher import Dispatcher
+from atcore.models import CreateTaskRequest
+from conftest import invoke, load_event
+from devtools.engine import LocalEngine
+from http_sink import HttpSink
+
+
+@pytest.fixture(autouse=True)
+def fast_execution(monkeypatch, tmp_path):
+    monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
+    monkeypatch.setenv("AT_RETRY_BASE_SECONDS", "0.05")
+    monkeypatch.setenv("AT_RETRY_MAX_SECONDS", "0.2")
+    monkeypatch.setenv("AT_OUTBOX_DIR", str(tmp_path / "outbox"))
+    monkeypatch.delenv("AT_AWS_DELIVERY", raising=False)
+    execution.execution_settings.cache_clear()
+    yield
+    execution.execution_settings.cache_clear()
+
+
+@pytest.fixture
+def engine():
+    running = LocalEngine(workers=8).start()
+    yield running
+    running.stop()
+
+
+def schedule_callback(url: str, in_seconds: float, max_attempts: int = 3) -> int:
+    when = datetime.now(timezone.utc) + timedelta(seconds=in_seconds)
+    request = CreateTaskRequest(execute_at=when.isoformat(), task_type="http_callback",
+                                payload={"url": url, "method": "POST", "data": {"hello": "world"}},
+                                max_attempts=max_attempts)
+    return service.create_task(request).id
+
+
+def insert_due_tasks(sql, count: int, task_type: str, payload: dict) -> None:
+    sql.run(
+        "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
+        "SELECT now() - interval '1 second', :task_type, CAST(:payload AS jsonb) FROM generate_series(1, :count)",
+        task_type=task_type, payload=json.dumps(payload), count=count,
+    )
+
+
+def wait_for(condition, timeout: float = 10.0, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := condition()):
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def task_row(sql, task_id: int) -> dict:
+    columns = ("status", "attempts", "error_message", "completed_at", "lease_expires_at")
+    row = sql.run("SELECT status, attempts, error_message, completed_at, lease_expires_at "
+                  "FROM scheduled_tasks WHERE id = :id", id=task_id)[0]
+    return dict(zip(columns, row))
+
+
+def finished(sql, task_id: int) -> dict | None:
+    row = task_row(sql, task_id)
+    return row if row["status"] in ("completed", "failed", "cancelled") else None
+
+
+def test_task_due_in_2s_runs_on_time_and_once(sql, engine):
+    with HttpSink() as sink:
+        task_id = schedule_callback(sink.url, in_seconds=2)
+        due = sql.run("SELECT extract(epoch FROM execute_at)::float8 FROM scheduled_tasks WHERE id = :id", id=task_id)[0][0]
+        row = wait_for(lambda: finished(sql, task_id), timeout=6)
+        time.sleep(0.3)  # room for a (wrong) second delivery to show up
+        arrivals = sink.by_task()[task_id]
+    assert len(arrivals) == 1
+    lateness = arrivals[0].at - due
+    assert 0 <= lateness < 1.0, lateness
+    assert row["status"] == "completed" and row["attempts"] == 1 and row["completed_at"] is not None
+    assert arrivals[0].idempotency_key == f"at-task-{task_id}"
+    assert json.loads(arrivals[0].body) == {"hello": "world"}
+
+
+def test_four_dispatchers_racing_claim_each_task_exactly_once(sql):
+    insert_due_tasks(sql, 10_000, "http_callback", {"url": "http://127.0.0.1:9/unused"})
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def deliver(tasks):
+        with lock:
+            claimed.extend(task.id for task in tasks)
+        with db.connection() as conn:  # report success so the rows leave 'processing'
+            execution.record_outcomes(conn, [execution.Outcome(task_id=t.id, attempt=t.attempt, succeeded=True)
+                                             for t in tasks])
+
+    settings = execution.ExecutionSettings(claim_batch_size=250)
+    dispatchers = [Dispatcher(deliver, settings) for _ in range(4)]
+    start = threading.Barrier(4)
+
+    def race(dispatcher):
+        start.wait()
+        while dispatcher.run_once() == 0 and len(claimed) < 10_000:
+            pass
+
+    threads = [threading.Thread(target=race, args=(d,)) for d in dispatchers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(claimed) == 10_000 and len(set(claimed)) == 10_000
+    assert sql.run("SELECT status, count(*) FROM scheduled_tasks GROUP BY status") == [["completed", 10_000]]
+
+
+def test_callback_failing_twice_then_succeeding_completes_with_3_attempts(sql, engine):
+    with HttpSink(lambda _task, attempt: 503 if attempt < 3 else 200) as sink:
+        task_id = schedule_callback(sink.url, in_seconds=0.3, max_attempts=5)
+        row = wait_for(lambda: finished(sql, task_id))
+        assert [a.attempt for a in sink.by_task()[task_id]] == [1, 2, 3]
+    assert row["status"] == "completed" and row["attempts"] == 3
+    assert row["error_message"].startswith("callback returned HTTP 503")  # the last error is kept
+
+
+def test_callback_always_failing_ends_failed_with_the_last_error(sql, engine):
+    with HttpSink(lambda _task, _attempt: 500) as sink:
+        task_id = schedule_callback(sink.url, in_seconds=0.3, max_attempts=3)
+        row = wait_for(lambda: finished(sql, task_id))
+        assert len(sink.by_task()[task_id]) == 3
+    assert row["status"] == "failed" and row["attempts"] == 3
+    assert row["error_message"].startswith("callback returned HTTP 500") and row["completed_at"] is not None
+
+
+def test_non_retryable_failure_fails_at_once(sql, engine):
+    with HttpSink(lambda _task, _attempt: 404) as sink:
+        task_id = schedule_callback(sink.url, in_seconds=0.2, max_attempts=5)
+        row = wait_for(lambda: finished(sql, task_id))
+        assert len(sink.by_task()[task_id]) == 1
+    assert row["status"] == "failed" and row["attempts"] == 1
+
+
+def test_unknown_task_type_fails_without_retries(sql, engine):
+    insert_due_tasks(sql, 1, "teleport", {"to": "mars"})
+    row = wait_for(lambda: finished(sql, 1))
+    assert row["status"] == "failed" and row["attempts"] == 1
+    assert "unknown task_type 'teleport'" in row["error_message"]
+
+
+def test_cancel_while_processing_stays_cancelled(sql, engine):
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hold(_task, _attempt):
+        entered.set()
+        release.wait(10)
+        return 200
+
+    # GIVEN a callback that is in flight
+    with HttpSink(hold) as sink:
+        task_id = schedule_callback(sink.url, in_seconds=0.2)
+        assert entered.wait(5)
+        assert task_row(sql, task_id)["status"] == "processing"
+        # WHEN the client cancels it, and only then the callback returns 200
+        event = load_event("cancel_task") | {"path": f"/api/v1/tasks/{task_id}", "pathParameters": {"id": str(task_id)}}
+        status, body = invoke("cancel_task", event)
+        assert status == 200 and body["task"]["status"] == "cancelled"
+        release.set()
+        time.sleep(0.5)  # the worker records its (late) outcome meanwhile
+    # THEN the task stays cancelled
+    row = task_row(sql, task_id)
+    assert row["status"] == "cancelled" and row["completed_at"] is None
+
+
+def test_expired_lease_of_a_dead_worker_is_retried_and_completes(sql, monkeypatch):
+    with HttpSink() as sink:
+        task_id = schedule_callback(sink.url, in_seconds=0.05)
+        time.sleep(0.1)
+        # GIVEN a worker that claimed the task with a short lease and died without reporting
+        with db.connection() as conn:
+            [claimed] = execution.claim_due(conn, batch_size=10, lease_seconds=0.5)
+        assert claimed.id == task_id and task_row(sql, task_id)["status"] == "processing"
+        # WHEN an engine runs after the lease has expired
+        running = LocalEngine(workers=2).start()
+        try:
+            row = wait_for(lambda: finished(sql, task_id))
+        finally:
+            running.stop()
+    # THEN the task was retried once and completed
+    assert row["status"] == "completed" and row["attempts"] == 2
+    assert [a.attempt for a in sink.by_task()[task_id]] == [2]
+
+
+def test_expired_lease_on_the_last_attempt_fails_the_task(sql):
+    insert_due_tasks(sql, 1, "http_callback", {"url": "http://127.0.0.1:9/"})
+    sql.run("UPDATE scheduled_tasks SET status = 'processing', attempts = max_attempts, "
+            "lease_expires_at = now() - interval '1 second'")
+    with db.connection() as conn:
+        assert execution.recover_expired_leases(conn) == [(1, "failed")]
+    row = task_row(sql, 1)
+    assert row["status"] == "failed" and "lease expired" in row["error_message"]
+
+
+def test_late_outcome_of_an_old_attempt_is_ignored(sql):
+    insert_due_tasks(sql, 1, "http_callback", {"url": "http://127.0.0.1:9/"})
+    sql.run("UPDATE scheduled_tasks SET status = 'processing', attempts = 2, lease_expires_at = now() + interval '1 minute'")
+    with db.connection() as conn:
+        stale = execution.Outcome(task_id=1, attempt=1, succeeded=True)
+        assert execution.record_outcomes(conn, [stale]) == {}
+    assert task_row(sql, 1)["status"] == "processing"
+
+
+def test_pending_tasks_are_not_claimed_early(sql):
+    sql.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload) VALUES (now() + interval '5 seconds', 't', '{}')")
+    with db.connection() as conn:
+        assert execution.claim_due(conn, batch_size=10, lease_seconds=60) == []
+        assert 4 < execution.seconds_until_next_wake(conn) <= 5
