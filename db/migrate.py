@@ -87,8 +87,11 @@ def _send_cfn_response(event: dict[str, Any], context: Any, status: str, reason:
             "LogicalResourceId": event["LogicalResourceId"],
         }
     ).encode()
-    request = urllib.request.Request(event["ResponseURL"], data=body, method="PUT", headers={"Content-Type": ""})
-    with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - CloudFormation's pre-signed S3 URL
+    url = event["ResponseURL"]
+    if not url.startswith("https://"):
+        raise ValueError("CloudFormation ResponseURL must be https")
+    request = urllib.request.Request(url, data=body, method="PUT", headers={"Content-Type": ""})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - checked above: CloudFormation's https URL
         pass
 
 

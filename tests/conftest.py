@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,12 +122,16 @@ def database_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databa
         return
     from devtools.pgserver import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pgdata"), durable=False)
+    # tmpfs when there is one: initdb there takes half the time it takes on disk.
+    shm = Path("/dev/shm")
+    data_dir = Path(tempfile.mkdtemp(prefix="at-pgdata-", dir=shm)) if shm.is_dir() else tmp_path_factory.mktemp("pgdata")
+    server = EmbeddedPostgres(data_dir, durable=False)
     server.start()
     try:
         yield Database(server.host, server.port, server.user, None, "postgres")
     finally:
         server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,9 @@
 """Every endpoint through its Lambda handler, with the events/ files, against real PostgreSQL."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from conftest import invoke, invoke_raw, load_event
 
 FUTURE = "2099-01-01T12:00:00Z"
@@ -145,7 +144,7 @@ def test_body_just_under_the_limit_is_accepted(sql):
 
 
 def test_execute_at_one_second_ago_is_rejected(sql):
-    past = (datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     status, body = invoke("create_task", create_event(execute_at=past))
     assert status == 400 and body["error"] == "execute_at must be in the future"
 
@@ -254,7 +253,7 @@ def test_list_of_empty_table(sql):
 
 
 def test_list_limit_zero_means_default_and_large_is_clamped(sql):
-    for index in range(120):
+    for _ in range(120):
         sql.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload) VALUES (now() + interval '1 day', 't', '{}')")
     assert len(invoke("list_tasks", list_event(limit="0"))[1]["tasks"]) == 50
     _, body = invoke("list_tasks", list_event(limit="1000"))

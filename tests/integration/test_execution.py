@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from atcore import db, execution, service
 from atcore.dispatcher import Dispatcher
 from atcore.models import CreateTaskRequest
 from conftest import invoke, load_event
-from devtools.engine import LocalEngine
 from http_sink import HttpSink
+
+from devtools.engine import LocalEngine
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def engine():
 
 
 def schedule_callback(url: str, in_seconds: float, max_attempts: int = 3) -> int:
-    when = datetime.now(timezone.utc) + timedelta(seconds=in_seconds)
+    when = datetime.now(UTC) + timedelta(seconds=in_seconds)
     request = CreateTaskRequest(execute_at=when.isoformat(), task_type="http_callback",
                                 payload={"url": url, "method": "POST", "data": {"hello": "world"}},
                                 max_attempts=max_attempts)

@@ -1,10 +1,8 @@
 """Field rules of CONTRACT.md, checked on the models alone (no database, no sockets)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from pydantic import ValidationError
-
 from atcore.models import (
     CreateTaskRequest,
     Task,
@@ -14,6 +12,7 @@ from atcore.models import (
     parse_status_filter,
     parse_task_id,
 )
+from pydantic import ValidationError
 
 FUTURE = "2099-01-01T12:00:00Z"
 
@@ -32,10 +31,10 @@ def error_of(**fields) -> str:
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("2099-01-01T12:00:00Z", datetime(2099, 1, 1, 12, tzinfo=timezone.utc)),
-        ("2099-01-01T12:00:00+03:00", datetime(2099, 1, 1, 9, tzinfo=timezone.utc)),
-        ("2099-01-01t12:00:00.5z", datetime(2099, 1, 1, 12, 0, 0, 500000, tzinfo=timezone.utc)),
-        ("2099-01-01T12:00:00.123456789-00:30", datetime(2099, 1, 1, 12, 30, 0, 123456, tzinfo=timezone.utc)),
+        ("2099-01-01T12:00:00Z", datetime(2099, 1, 1, 12, tzinfo=UTC)),
+        ("2099-01-01T12:00:00+03:00", datetime(2099, 1, 1, 9, tzinfo=UTC)),
+        ("2099-01-01t12:00:00.5z", datetime(2099, 1, 1, 12, 0, 0, 500000, tzinfo=UTC)),
+        ("2099-01-01T12:00:00.123456789-00:30", datetime(2099, 1, 1, 12, 30, 0, 123456, tzinfo=UTC)),
     ],
 )
 def test_execute_at_accepts_rfc3339_with_offset(text, expected):
@@ -52,7 +51,7 @@ def test_execute_at_rejects_other_forms(text):
 
 
 def test_execute_at_must_be_in_the_future():
-    past = format_timestamp(datetime.now(timezone.utc) - timedelta(seconds=1))
+    past = format_timestamp(datetime.now(UTC) - timedelta(seconds=1))
     assert "execute_at must be in the future" in error_of(execute_at=past)
 
 
@@ -146,10 +145,10 @@ def test_status_filter_accepts_only_known_statuses():
 @pytest.mark.parametrize(
     "moment, text",
     [
-        (datetime(2025, 11, 10, 15, 0, tzinfo=timezone.utc), "2025-11-10T15:00:00Z"),
-        (datetime(2025, 11, 10, 15, 0, 0, 120000, tzinfo=timezone.utc), "2025-11-10T15:00:00.12Z"),
+        (datetime(2025, 11, 10, 15, 0, tzinfo=UTC), "2025-11-10T15:00:00Z"),
+        (datetime(2025, 11, 10, 15, 0, 0, 120000, tzinfo=UTC), "2025-11-10T15:00:00.12Z"),
         (datetime(2025, 11, 10, 18, 0, tzinfo=timezone(timedelta(hours=3))), "2025-11-10T15:00:00Z"),
-        (datetime(999, 1, 1, tzinfo=timezone.utc), "0999-01-01T00:00:00Z"),
+        (datetime(999, 1, 1, tzinfo=UTC), "0999-01-01T00:00:00Z"),
     ],
 )
 def test_timestamps_are_utc_with_z_and_trimmed_fraction(moment, text):
@@ -157,7 +156,7 @@ def test_timestamps_are_utc_with_z_and_trimmed_fraction(moment, text):
 
 
 def test_task_omits_unset_completed_at_and_error_message():
-    now = datetime(2025, 11, 10, 15, tzinfo=timezone.utc)
+    now = datetime(2025, 11, 10, 15, tzinfo=UTC)
     task = Task(id=1, execute_at=now, task_type="t", payload={}, status="pending", attempts=0, max_attempts=3,
                 created_at=now, updated_at=now)
     dumped = task.model_dump(mode="json")

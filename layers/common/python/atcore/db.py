@@ -113,7 +113,7 @@ def _translate(exc: Exception) -> Exception:
 def close_quietly(conn: Connection) -> None:
     try:
         conn.close()
-    except Exception:  # noqa: BLE001 - the connection is being thrown away anyway
+    except Exception:  # noqa: BLE001, S110 - the connection is being thrown away anyway
         pass
 
 

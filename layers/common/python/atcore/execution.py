@@ -105,7 +105,7 @@ def execute(task: ClaimedTask) -> Outcome:
         retry_in = backoff_seconds(task.attempt, execution_settings()) if exc.retryable else None
         outcome = Outcome(task_id=task.id, attempt=task.attempt, succeeded=False,
                           error=exc.message[:_ERROR_MESSAGE_LIMIT], retry_in_seconds=retry_in)
-    except Exception as exc:  # an executor bug must not kill the worker; the task is retried
+    except Exception as exc:  # noqa: BLE001 - an executor bug must not kill the worker; the task is retried
         logger.exception("Executor raised unexpectedly", extra={"task_id": task.id})
         outcome = Outcome(task_id=task.id, attempt=task.attempt, succeeded=False,
                           error=f"internal error in executor: {type(exc).__name__}",

@@ -1,0 +1,1 @@
+"""Developer tooling for local runs and tests (not deployed)."""

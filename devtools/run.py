@@ -1,0 +1,85 @@
+"""`make run`: the whole of AT on one machine, without Docker.
+
+1. PostgreSQL: DB_HOST if set, else an embedded server in .local/pgdata (kept between runs).
+2. Migrations, applied like the deploy-time custom resource does.
+3. AT_DISPATCHERS engine processes (default 1): dispatcher + in-process workers.
+4. The API on http://127.0.0.1:${API_PORT:-8080}, routed by template.yaml, handlers in-process.
+
+The local run delivers e-mail, SMS and SQS messages to .local/outbox unless AWS is configured
+explicitly (see README), and allows callbacks to local addresses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYER = ROOT / "layers" / "common" / "python"
+LOCAL = ROOT / ".local"
+EMBEDDED_PORT = int(os.environ.get("AT_EMBEDDED_PG_PORT", "54329"))
+
+# Local defaults; anything already in the environment wins.
+LOCAL_DEFAULTS = {
+    "AT_HTTP_ALLOW_PRIVATE": "1",
+    "AT_OUTBOX_DIR": str(LOCAL / "outbox"),
+    "POWERTOOLS_METRICS_DISABLED": "true",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_LOG_LEVEL": "INFO",
+}
+
+
+def _start_database() -> object | None:
+    """Point DB_* at a database that exists; returns the embedded server we started, if any."""
+    if os.environ.get("DB_HOST"):
+        return None
+    from devtools.pgserver import DEFAULT_DATABASE, EmbeddedPostgres
+
+    server = EmbeddedPostgres(LOCAL / "pgdata", port=EMBEDDED_PORT).start()
+    server.create_database(DEFAULT_DATABASE)
+    os.environ.update(server.env(DEFAULT_DATABASE))
+    return server
+
+
+def _start_engines(count: int) -> list[subprocess.Popen]:
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(LAYER), str(ROOT)])}
+    return [subprocess.Popen([sys.executable, "-m", "devtools.engine"], cwd=ROOT, env=env) for _ in range(count)]
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the run as cleanly as Ctrl+C
+
+
+def main() -> None:
+    for name, value in LOCAL_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    sys.path[:0] = [str(LAYER), str(ROOT / "db")]
+    server = _start_database()
+    from migrate import migrate_configured_database
+
+    from devtools.local_api import create_local_api
+
+    migrate_configured_database()
+    engines = _start_engines(int(os.environ.get("AT_DISPATCHERS", "1")))
+    api = create_local_api(ROOT / "template.yaml", port=int(os.environ.get("API_PORT", "8080")))
+    signal.signal(signal.SIGTERM, _interrupt)
+    print(f"AT is running: API on {api.url} (Ctrl+C stops it)", file=sys.stderr, flush=True)
+    try:
+        api.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        api.shutdown()
+        for engine in engines:
+            engine.terminate()
+        for engine in engines:
+            engine.wait(20)
+        if server is not None:
+            server.stop()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()

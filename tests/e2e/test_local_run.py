@@ -1,0 +1,153 @@
+"""End to end over HTTP: `python -m devtools.run` (what `make run` starts) as a real process,
+against the test database, exercised with the README's requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import ROOT
+from http_sink import HttpSink
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def request(method: str, url: str, body: bytes | str | None = None, headers: dict | None = None):
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            raw, status, content_type = response.read(), response.status, response.headers.get("Content-Type")
+    except urllib.error.HTTPError as error:
+        raw, status, content_type = error.read(), error.code, error.headers.get("Content-Type")
+    try:
+        return status, json.loads(raw), content_type
+    except ValueError:
+        return status, raw.decode(), content_type
+
+
+@pytest.fixture(scope="module")
+def api(database, tmp_path_factory):
+    """The local run, serving the test database; yields its base URL."""
+    port = free_port()
+    outbox = tmp_path_factory.mktemp("outbox")
+    env = os.environ | {"API_PORT": str(port), "AT_OUTBOX_DIR": str(outbox), "POWERTOOLS_LOG_LEVEL": "WARNING",
+                        "AT_RETRY_BASE_SECONDS": "0.05"}
+    env.pop("AT_AWS_DELIVERY", None)
+    process = subprocess.Popen([sys.executable, "-m", "devtools.run"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if request("GET", f"{base}/health")[0] == 200:
+                break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"local run did not start: {process.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(30)
+
+
+def in_seconds(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+def test_health_is_plain_ok(api):
+    assert request("GET", f"{api}/health") == (200, "OK", "text/plain")
+
+
+def test_readme_flow_create_get_list_cancel(api):
+    # curl -X POST .../api/v1/tasks -d '{...}' sends form content type; the API reads JSON anyway
+    body = json.dumps({"execute_at": "2099-11-10T15:00:00Z", "task_type": "send_email",
+                       "payload": {"to": "user@example.com", "subject": "Reminder"}, "max_attempts": 3})
+    status, created, content_type = request("POST", f"{api}/api/v1/tasks", body,
+                                            {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 201 and content_type == "application/json"
+    task = created["task"]
+    assert (task["status"], task["attempts"], task["execute_at"]) == ("pending", 0, "2099-11-10T15:00:00Z")
+
+    assert request("GET", f"{api}/api/v1/tasks/{task['id']}")[:2] == (200, {"task": task})
+
+    status, page, _ = request("GET", f"{api}/api/v1/tasks?status=pending&task_type=send_email&limit=20&offset=0")
+    assert status == 200 and page["tasks"][0] == task and page["total"] >= 1
+
+    status, cancelled, _ = request("DELETE", f"{api}/api/v1/tasks/{task['id']}")
+    assert status == 200 and cancelled["task"]["status"] == "cancelled"
+    status, again, _ = request("DELETE", f"{api}/api/v1/tasks/{task['id']}")
+    assert status == 404 and "already cancelled" in again["error"]
+
+
+@pytest.mark.parametrize(
+    "method, path, body, expected_status",
+    [
+        ("GET", "/api/v1/tasks/abc", None, 400),
+        ("GET", "/api/v1/tasks/0", None, 400),
+        ("DELETE", "/api/v1/tasks/-1", None, 400),
+        ("GET", "/api/v1/tasks?limit=abc", None, 400),
+        ("GET", "/api/v1/tasks?status=done", None, 400),
+        ("POST", "/api/v1/tasks", "{not json", 400),
+        ("POST", "/api/v1/tasks", "", 400),
+        ("POST", "/api/v1/tasks", '{"execute_at":"2099-01-01T00:00:00Z","task_type":"t","payload":null}', 400),
+        ("GET", "/api/v1/tasks/99999999", None, 404),
+    ],
+)
+def test_bad_requests_get_json_errors(api, method, path, body, expected_status):
+    status, answer, content_type = request(method, f"{api}{path}", body)
+    assert status == expected_status
+    assert content_type == "application/json" and isinstance(answer["error"], str) and answer["error"]
+
+
+def test_oversize_body_is_413(api):
+    body = json.dumps({"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": "x" * 300_000})
+    status, answer, _ = request("POST", f"{api}/api/v1/tasks", body)
+    assert status == 413 and "exceeds" in answer["error"]
+
+
+def test_non_ascii_task_type_round_trips(api):
+    body = json.dumps({"execute_at": "2099-01-01T00:00:00Z", "task_type": "напоминание", "payload": {"ключ": "🙂"}},
+                      ensure_ascii=False).encode()
+    status, created, _ = request("POST", f"{api}/api/v1/tasks", body, {"Content-Type": "application/json"})
+    assert status == 201 and created["task"]["task_type"] == "напоминание"
+    query = urllib.request.quote("напоминание")
+    status, page, _ = request("GET", f"{api}/api/v1/tasks?task_type={query}")
+    assert status == 200 and page["tasks"][0]["payload"] == {"ключ": "🙂"}
+
+
+def test_task_created_over_http_runs_on_time(api):
+    with HttpSink() as sink:
+        body = json.dumps({"execute_at": in_seconds(1.5), "task_type": "http_callback",
+                           "payload": {"url": sink.url, "method": "PUT", "data": {"n": 1}}})
+        status, created, _ = request("POST", f"{api}/api/v1/tasks", body)
+        assert status == 201
+        task_id = created["task"]["id"]
+        due = datetime.fromisoformat(created["task"]["execute_at"].replace("Z", "+00:00")).timestamp()
+        deadline = time.monotonic() + 10
+        while request("GET", f"{api}/api/v1/tasks/{task_id}")[1]["task"]["status"] != "completed":
+            assert time.monotonic() < deadline, "task did not complete"
+            time.sleep(0.05)
+        [arrival] = sink.by_task()[task_id]
+    assert arrival.method == "PUT" and 0 <= arrival.at - due < 1.0
+
+
+def test_unknown_route_answers_like_api_gateway(api):
+    status, answer, _ = request("GET", f"{api}/api/v2/nothing")
+    assert status == 403 and answer == {"message": "Missing Authentication Token"}
