@@ -7,7 +7,7 @@ READY  := $(VENV)/.ready
 export SAM_CLI_TELEMETRY ?= 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: run test test-unit lint validate build bench fuzz clean
+.PHONY: run test test-unit lint validate build migrate clean
 
 $(READY): requirements-dev.txt layers/common/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ validate: $(READY)
 
 build: $(READY)
 	$(BIN)/sam build
+
+migrate: $(READY)  ## apply db/migrations to the DB_* database (DB_HOST must be set)
+	PYTHONPATH=layers/common/python $(BIN)/python db/migrate.py
 
 clean:
 	rm -rf .aws-sam .local

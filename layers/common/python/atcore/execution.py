@@ -134,12 +134,10 @@ def record_outcomes(conn: Connection, outcomes: list[Outcome]) -> dict[int, str]
     statuses = {task_id: status for task_id, status, _attempts in rows}
     _count_outcomes(statuses.values())
     for outcome in outcomes:
+        # "superseded": cancelled or re-claimed meanwhile; the newer state was kept.
         status = statuses.get(outcome.task_id, "superseded")
         extra = {"task_id": outcome.task_id, "attempt": outcome.attempt, "status": status}
-        if outcome.error:
-            logger.warning("Task attempt failed", extra=extra | {"error_message": outcome.error})
-        else:
-            logger.info("Task finished", extra=extra)
+        logger.info("Task outcome recorded", extra=extra | ({"error_message": outcome.error} if outcome.error else {}))
     return statuses
 
 
