@@ -58,9 +58,8 @@ def main() -> None:
         os.environ.setdefault(name, value)
     sys.path[:0] = [str(LAYER), str(ROOT / "db")]
     server = _start_database()
-    from migrate import migrate_configured_database
-
     from devtools.local_api import create_local_api
+    from migrate import migrate_configured_database
 
     migrate_configured_database()
     engines = _start_engines(int(os.environ.get("AT_DISPATCHERS", "1")))

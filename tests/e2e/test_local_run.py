@@ -14,6 +14,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from conftest import ROOT
 from http_sink import HttpSink
 

@@ -4,6 +4,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from conftest import invoke, invoke_raw, load_event
 
 FUTURE = "2099-01-01T12:00:00Z"

@@ -8,13 +8,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from atcore import db, execution, service
 from atcore.dispatcher import Dispatcher
 from atcore.models import CreateTaskRequest
 from conftest import invoke, load_event
-from http_sink import HttpSink
-
 from devtools.engine import LocalEngine
+from http_sink import HttpSink
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,8 @@
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from pydantic import ValidationError
+
 from atcore.models import (
     CreateTaskRequest,
     Task,
@@ -12,7 +14,6 @@ from atcore.models import (
     parse_status_filter,
     parse_task_id,
 )
-from pydantic import ValidationError
 
 FUTURE = "2099-01-01T12:00:00Z"
 

@@ -35,7 +35,7 @@ class DueSoonListener:
         try:
             conn = self._connection()
             # pg8000 has no blocking wait for notifications; its socket turns readable when one arrives.
-            readable, _, _ = select.select([conn._usock], [], [], timeout)  # noqa: SLF001
+            readable, _, _ = select.select([conn._usock], [], [], timeout)
             if readable:
                 conn.run("SELECT 1")  # reads the notification (and any others) off the wire
                 conn.notifications.clear()

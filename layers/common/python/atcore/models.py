@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -41,7 +41,7 @@ _DIGITS = re.compile(r"[0-9]+")
 
 def format_timestamp(value: datetime) -> str:
     """UTC, `Z` suffix, sub-second digits only when non-zero (CONTRACT.md)."""
-    utc = value.astimezone(timezone.utc)
+    utc = value.astimezone(UTC)
     text = utc.replace(tzinfo=None, microsecond=0).isoformat()
     if utc.microsecond:
         text += f".{utc.microsecond:06d}".rstrip("0")
@@ -57,13 +57,13 @@ def parse_execute_at(value: object) -> datetime:
         raise ValueError(message)
     try:
         parsed = datetime.fromisoformat(value.upper())
-        return parsed.astimezone(timezone.utc)  # out-of-range dates (year 0, leap second 60) fail here
+        return parsed.astimezone(UTC)  # out-of-range dates (year 0, leap second 60) fail here
     except (ValueError, OverflowError):
         raise ValueError(message) from None
 
 
 def require_future(value: datetime) -> datetime:
-    if value <= datetime.now(timezone.utc):
+    if value <= datetime.now(UTC):
         raise ValueError("execute_at must be in the future")
     return value
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 from atcore.db import Connection
 from atcore.models import CreateTaskRequest, Task, TaskPage, TaskStatus
 from atcore.sql import query
