@@ -16,17 +16,20 @@ environment (DB_HOST, ...) already set; the template's Environment variables are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -107,17 +110,18 @@ def _json_default(value: Any) -> Any:
 class InProcessLambdaRunner:
     """Duck-types samcli's LocalLambdaRunner for LocalApigwService: invoke() writes the result to stdout.
 
-    Thread-safe: handler modules are loaded once under a lock; each invocation gets its own context.
+    Like Lambda, each loaded copy of a handler module (an "execution environment") serves one
+    invocation at a time, and concurrent requests get more copies: handler modules keep
+    per-request state at module level (Powertools' resolver does), which threads must not share.
+    Copies are kept for reuse, so a warm request imports nothing.
     """
 
-    def __init__(self, functions: SamFunctionProvider, serialize_invocations: bool = False) -> None:
+    def __init__(self, functions: SamFunctionProvider) -> None:
         self._functions = functions
-        self._handlers: dict[str, Handler] = {}
-        self._load_lock = threading.Lock()
+        self._idle: dict[str, list[Handler]] = {}
+        self._lock = threading.Lock()
+        self._copies = itertools.count(1)
         self._loaded_siblings: dict[str, Path] = {}  # sibling module name -> folder, to warn on clashes
-        # Optional: one invocation at a time, for handler or layer code that is not thread-safe. Global,
-        # not per function, because the functions share the layer's module state in this process.
-        self._invoke_lock = threading.Lock() if serialize_invocations else None
 
     def is_debugging(self) -> bool:
         return False  # LocalApigwService asks; False also means "run Flask threaded" in SAM
@@ -137,22 +141,21 @@ class InProcessLambdaRunner:
         context = self._context(function, tenant_id)
         started = time.monotonic()
         try:
-            handler = self._handler(function)
+            handler = self._borrow(function)
         except Exception as exc:  # an init failure fails the invocation, the next request retries
             LOG.exception("cannot load the handler of %s", function.name)
             error_type = "Runtime.ImportModuleError" if isinstance(exc, ImportError) else None
             self._write(stdout, _lambda_error(exc, context.aws_request_id, error_type))
             return
         try:
-            if self._invoke_lock:
-                with self._invoke_lock:
-                    result = handler(json.loads(event), context)
-            else:
-                result = handler(json.loads(event), context)
+            result = handler(json.loads(event), context)
         except (Exception, SystemExit) as exc:  # sys.exit() in a handler fails the invocation, not the server
             LOG.exception("handler of %s raised", function.name)
             error_type = "Runtime.ExitError" if isinstance(exc, SystemExit) else None
             result = _lambda_error(exc, context.aws_request_id, error_type)
+        finally:
+            with self._lock:
+                self._idle[function.name].append(handler)
         if time.monotonic() - started > context.timeout_seconds:
             # Lambda would have killed it; a thread cannot be killed, so only say so.
             LOG.warning("%s ran longer than its %ss timeout", function.name, context.timeout_seconds)
@@ -184,22 +187,22 @@ class InProcessLambdaRunner:
             tenant_id=tenant_id,
         )
 
-    def _handler(self, function: Function) -> Handler:
-        handler = self._handlers.get(function.name)
-        if handler is None:
-            with self._load_lock:  # the first requests may arrive together: import once
-                handler = self._handlers.get(function.name) or self._load(function)
-                self._handlers[function.name] = handler
-        return handler
+    def _borrow(self, function: Function) -> Handler:
+        with self._lock:
+            idle = self._idle.setdefault(function.name, [])
+            if idle:
+                return idle.pop()
+            copy = next(self._copies)
+        return self._load(function, copy)
 
-    def _load(self, function: Function) -> Handler:
+    def _load(self, function: Function, copy: int) -> Handler:
         if not function.codeuri or not function.handler:
             raise FunctionNotFound(f"{function.name} has no local code (CodeUri/Handler)")
         folder = Path(function.codeuri).resolve()
         module_path, _, attribute = function.handler.rpartition(".")
         source = folder / (module_path.replace(".", "/") + ".py")
         # Every function has an app.py: a unique module name keeps them apart in sys.modules.
-        module_name = f"_local_api_{function.name}_{module_path.replace('.', '_')}"
+        module_name = f"_local_api_{function.name}_{module_path.replace('.', '_')}_{copy}"
         self._make_importable(folder)
         spec = importlib.util.spec_from_file_location(module_name, source)
         if spec is None or spec.loader is None:
@@ -211,7 +214,7 @@ class InProcessLambdaRunner:
         except BaseException:
             del sys.modules[module_name]
             raise
-        LOG.info("loaded %s from %s", function.name, source)
+        LOG.info("loaded %s from %s (environment %d)", function.name, source, copy)
         return getattr(module, attribute)
 
     def _make_importable(self, folder: Path) -> None:
@@ -271,9 +274,27 @@ class LocalApi:
         self._serving = threading.Event()
         self.url = f"http://{server.host}:{server.port}"
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, processes: int = 1) -> None:
+        """Serve until interrupted. processes > 1 pre-forks that many servers on the one listening
+        socket (the kernel spreads connections among them), so handlers use every core, as
+        Lambda's separate execution environments would. Fork before starting any thread."""
+        children = []
+        for _ in range(processes - 1):
+            pid = os.fork()
+            if pid == 0:  # a child serves until it is interrupted or terminated, then leaves quietly
+                try:
+                    self._server.serve_forever()
+                finally:
+                    os._exit(0)
+            children.append(pid)
         self._serving.set()
-        self._server.serve_forever()  # werkzeug closes the socket when it returns
+        try:
+            self._server.serve_forever()  # werkzeug closes the socket when it returns
+        finally:
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
 
     def start(self) -> LocalApi:
         # The socket listens since construction, so connections are accepted once the loop runs.
@@ -303,9 +324,13 @@ def create_local_api(
     host: str = "127.0.0.1",
     port: int = 8080,
     *,
-    serialize_invocations: bool = False,
+    extra_routes: Mapping[str, Callable[..., Any]] | None = None,
 ) -> LocalApi:
-    """Reads the template's Api routes and binds host:port (0 picks a free port; see `.url`)."""
+    """Reads the template's Api routes and binds host:port (0 picks a free port; see `.url`).
+
+    extra_routes: Flask rule -> view for GET routes that are not the API's (e.g. its documentation);
+    the template's routes win where both match.
+    """
     _quiet_sam()
     template = Path(template_path).resolve()
     with warnings.catch_warnings():  # SAM's template validation uses deprecated jsonschema APIs
@@ -316,9 +341,11 @@ def create_local_api(
         functions = SamFunctionProvider(stacks)
     if not api.routes:
         raise NoApisDefined(f"No APIs available in {template}")
-    runner = InProcessLambdaRunner(functions, serialize_invocations)
+    runner = InProcessLambdaRunner(functions)
     service = _FreshRequestIdApigwService(api=api, lambda_runner=runner, port=port, host=host)  # type: ignore[arg-type]
     service.create()
+    for rule, view in (extra_routes or {}).items():
+        service._app.add_url_rule(rule, endpoint=f"extra {rule}", view_func=view, methods=["GET"])
     try:
         # SAM's own run() is unusable here: it blocks, installs a SIGTERM handler and cannot be stopped.
         server = make_server(host, port, service._app, threaded=True, request_handler=_RequestLogHandler)
@@ -349,14 +376,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--template", default="template.yaml")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8080")))
-    parser.add_argument("--serialize", action="store_true", help="one handler invocation at a time")
     args = parser.parse_args(argv)
 
     handler = logging.StreamHandler()
     handler.setFormatter(_JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
-    local_api = create_local_api(args.template, args.host, args.port, serialize_invocations=args.serialize)
+    local_api = create_local_api(args.template, args.host, args.port)
     LOG.info("serving %s", local_api.url)
     local_api.serve_forever()
 

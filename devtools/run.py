@@ -3,7 +3,8 @@
 1. PostgreSQL: DB_HOST if set, else an embedded server in .local/pgdata (kept between runs).
 2. Migrations, applied like the deploy-time custom resource does.
 3. AT_DISPATCHERS engine processes (default 1): dispatcher + in-process workers.
-4. The API on http://127.0.0.1:${API_PORT:-8080}, routed by template.yaml, handlers in-process.
+4. The API on http://127.0.0.1:${API_PORT:-8080}, routed by template.yaml, handlers in-process;
+   its OpenAPI document at /openapi.json and a Swagger UI at /docs.
 
 The local run delivers e-mail, SMS and SQS messages to .local/outbox unless AWS is configured
 explicitly (see README), and allows callbacks to local addresses.
@@ -59,15 +60,18 @@ def main() -> None:
     sys.path[:0] = [str(LAYER), str(ROOT / "db")]
     server = _start_database()
     from devtools.local_api import create_local_api
+    from devtools.openapi import docs_routes
     from migrate import migrate_configured_database
 
     migrate_configured_database()
     engines = _start_engines(int(os.environ.get("AT_DISPATCHERS", "1")))
-    api = create_local_api(ROOT / "template.yaml", port=int(os.environ.get("API_PORT", "8080")))
+    api = create_local_api(
+        ROOT / "template.yaml", port=int(os.environ.get("API_PORT", "8080")), extra_routes=docs_routes()
+    )
     signal.signal(signal.SIGTERM, _interrupt)
-    print(f"AT is running: API on {api.url} (Ctrl+C stops it)", file=sys.stderr, flush=True)
+    print(f"AT is running: API on {api.url}, docs on {api.url}/docs (Ctrl+C stops it)", file=sys.stderr, flush=True)
     try:
-        api.serve_forever()
+        api.serve_forever(processes=int(os.environ.get("AT_API_PROCESSES") or os.cpu_count() or 1))
     except KeyboardInterrupt:
         pass
     finally:

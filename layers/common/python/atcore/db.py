@@ -8,11 +8,13 @@ no I/O. Driver errors are translated here, and only here, into atcore.errors.
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pg8000.native
 from pg8000.exceptions import DatabaseError as DriverDatabaseError
@@ -22,7 +24,28 @@ from atcore.config import DatabaseSettings, database_settings
 from atcore.errors import DatabaseError, DatabaseUnavailable, InvalidRequest
 from atcore.observability import logger
 
-Connection = pg8000.native.Connection
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple]]:
+    return pg8000.native.to_statement(sql)
+
+
+class Connection(pg8000.native.Connection):
+    """pg8000's native connection, minus re-parsing the SQL text on every call.
+
+    pg8000 turns `:name` parameters into `$n` with a character-by-character scan in Python on
+    each run(); for our longer queries that cost more than the round trip itself. Our SQL texts
+    are a fixed set, so the conversion is cached; the statement is still sent unnamed, so
+    PostgreSQL plans it with the actual values, exactly as pg8000's run() would.
+    """
+
+    def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+        if not params or stream is not None or types is not None:
+            return super().run(sql, stream=stream, types=types, **params)
+        statement, make_values = _parsed(sql)
+        self._context = self.execute_unnamed(statement, make_values(params), oids=())
+        return self._context.rows
 
 _MAX_IDLE_CONNECTIONS = 16
 # SQLSTATE classes/codes meaning "the server is (temporarily) not there" rather than a bug.
@@ -98,7 +121,7 @@ def _sqlstate(exc: Exception) -> str:
 
 
 def _translate(exc: Exception) -> Exception:
-    if isinstance(exc, InterfaceError):  # socket closed, network error, protocol desync
+    if isinstance(exc, (InterfaceError, OSError)):  # socket closed or timed out, network error, desync
         return DatabaseUnavailable("database connection was lost, try again")
     code = _sqlstate(exc)
     if code.startswith(_UNAVAILABLE_CLASSES):
