@@ -136,7 +136,7 @@ def create_over_http(stack: Stack, tasks: int, clients: int, window: float) -> t
     def client(count: int) -> None:
         nonlocal errors
         for _ in range(count):
-            due = datetime.now(UTC) + timedelta(seconds=random.uniform(1.0, window))  # noqa: S311
+            due = datetime.now(UTC) + timedelta(seconds=random.uniform(1.0, window))
             body = json.dumps({"execute_at": due.isoformat(), "task_type": "http_callback",
                                "payload": {"url": stack.sink_url, "method": "POST", "data": {"bench": True}}})
             request = urllib.request.Request(f"{stack.api}/api/v1/tasks", data=body.encode(), method="POST",

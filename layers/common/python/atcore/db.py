@@ -25,7 +25,6 @@ from atcore.errors import DatabaseError, DatabaseUnavailable, InvalidRequest
 from atcore.observability import logger
 
 
-
 @functools.lru_cache(maxsize=256)
 def _parsed(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple]]:
     return pg8000.native.to_statement(sql)
