@@ -1,0 +1,21 @@
+"""The one exception executors raise (defined apart from __init__ so executor modules can import it)."""
+
+from __future__ import annotations
+
+
+class ExecutionError(Exception):
+    """A task's execution failed. `retryable=False` means retrying cannot help (bad payload, unknown type, 4xx)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+    def __repr__(self) -> str:
+        return f"ExecutionError({self.message!r}, retryable={self.retryable})"
+
+
+def truncate(text: str, limit: int = 200) -> str:
+    """Keeps error messages short and single-line: they are stored with the task and shown to API users."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

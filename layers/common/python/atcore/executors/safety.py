@@ -1,0 +1,93 @@
+"""Which network destinations an http_callback may reach (server-side request forgery protection).
+
+Anyone who can create a task chooses the callback URL, so without this check a task could reach the
+cloud metadata service (169.254.169.254, fd00:ec2::254), the database or anything else inside the
+VPC. Every address the host name resolves to is checked, and the caller then connects to a vetted
+address itself, so a second DNS answer (DNS rebinding) can never swap in an internal address.
+Local development sets AT_HTTP_ALLOW_PRIVATE=1 to call sinks on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from .errors import ExecutionError, truncate
+from .settings import private_destinations_allowed
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_CLOUD_METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254"))
+_SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, RFC 6598
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are an IPv4 address
+
+
+def resolve_addresses(host: str, port: int) -> list[str]:
+    """All addresses `host` resolves to, in the resolver's order (IP literals are returned as they are)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ExecutionError(f"callback DNS lookup failed for {host!r}: {truncate(str(exc))}") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise ExecutionError(f"callback DNS lookup failed for {host!r}: no addresses")
+    return addresses
+
+
+def vetted_addresses(host: str, port: int) -> list[str]:
+    """The addresses to connect to; refuses (non-retryable) if ANY of them is not public."""
+    addresses = resolve_addresses(host, port)
+    if private_destinations_allowed():
+        return addresses
+    for address in addresses:
+        reason = blocked_reason(ipaddress.ip_address(address))
+        if reason is not None:
+            raise ExecutionError(_refusal(host, address, reason), retryable=False)
+    return addresses
+
+
+def blocked_reason(address: IPAddress) -> str | None:
+    """Why `address` must not be called back, or None for a public unicast address."""
+    for embedded in _embedded_ipv4(address):
+        if (reason := blocked_reason(embedded)) is not None:
+            return reason
+    if address in _CLOUD_METADATA:
+        return "cloud metadata service"
+    if address in _NAT64:
+        return None  # its IPv4 address passed above (IPv6-only networks reach IPv4 hosts this way)
+    checks = (
+        (address.is_loopback, "loopback"),
+        (address.is_unspecified, "unspecified"),
+        (address.is_link_local, "link-local"),
+        (address.is_multicast, "multicast"),
+        (address.version == 4 and address in _SHARED_ADDRESS_SPACE, "shared address space (CGNAT)"),
+        (address.is_private, "private"),
+        (address.is_reserved, "reserved"),
+        (address.version == 6 and address.is_site_local, "site-local"),
+        (not address.is_global, "not globally routable"),
+    )
+    return next((reason for matches, reason in checks if matches), None)
+
+
+def _embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses hidden inside an IPv6 one (mapped, 6to4, Teredo, NAT64): each must pass too."""
+    if address.version == 4:
+        return []
+    assert isinstance(address, ipaddress.IPv6Address)
+    found = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+    if address in _NAT64:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return [ip for ip in found if ip is not None]
+
+
+def _refusal(host: str, address: str, reason: str) -> str:
+    if _same_address(host, address):
+        return f"callback destination refused: {address} is not a public address ({reason})"
+    return f"callback destination refused: {host} resolves to {address}, not a public address ({reason})"
+
+
+def _same_address(host: str, address: str) -> bool:
+    try:
+        return ipaddress.ip_address(host) == ipaddress.ip_address(address)
+    except ValueError:
+        return False

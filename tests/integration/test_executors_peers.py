@@ -1,0 +1,608 @@
+"""Executors against real-shaped peers: an HTTP(S) sink on 127.0.0.1, AWS through moto, the outbox.
+
+No traffic leaves 127.0.0.1: the sinks listen there, host names are resolved by a stub, and AWS calls
+are answered in-process by moto (fake credentials, us-east-1).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from atcore.executors import ExecutionError, aws, execute, http_transport, safety
+
+SENDER = "at@example.com"
+
+
+# --- environment -----------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for name in ("AT_HTTP_ALLOW_PRIVATE", "AT_AWS_DELIVERY", "AT_EMAIL_FROM", "AT_SQS_DEFAULT_QUEUE_URL",
+                 "AT_HTTP_TIMEOUT_SECONDS", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SES", "AWS_ENDPOINT_URL_SESV2",
+                 "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AT_OUTBOX_DIR", str(tmp_path / "outbox"))
+    yield
+    http_transport.close_idle_connections()
+    aws.reset_clients()
+
+
+def resolve_names_to(monkeypatch: pytest.MonkeyPatch, answers: dict[str, str]) -> None:
+    """A stub resolver: the listed names map to the given IPs, IP literals stay numeric, nothing hits DNS."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list:
+        return real_getaddrinfo(answers.get(host, host), port, socket.AF_UNSPEC, socket.SOCK_STREAM, 6,
+                                socket.AI_NUMERICHOST)
+
+    monkeypatch.setattr(safety.socket, "getaddrinfo", getaddrinfo)
+
+
+# --- the HTTP sink ---------------------------------------------------------------------------------
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Sink:
+    server: ThreadingHTTPServer
+    scheme: str = "http"
+    requests: list[Received] = field(default_factory=list)
+    connections_opened: int = 0
+    open_connections: set[socket.socket] = field(default_factory=set)
+    server_names: list[str | None] = field(default_factory=list)  # TLS SNI seen
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    def close_idle_connections(self) -> None:
+        """What a server's keep-alive timeout does: closes the connections waiting for a next request."""
+        with self.lock:
+            sockets = list(self.open_connections)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5
+        while self.open_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+class SinkHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    timeout = 10
+    server: ThreadingHTTPServer
+
+    @property
+    def sink(self) -> Sink:
+        return self.server.sink  # type: ignore[attr-defined]
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes; without this, Nagle + delayed ACK add 40 ms a response.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.sink.lock:
+            self.sink.connections_opened += 1
+            self.sink.open_connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.sink.lock:
+            self.sink.open_connections.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def handle_request(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with self.sink.lock:
+            self.sink.requests.append(Received(self.command, self.path, dict(self.headers.items()), body))
+        route = self.path.split("?", 1)[0]
+        if route.startswith("/status/"):
+            self.reply(int(route.rsplit("/", 1)[1]), b"upstream says no " * 40)
+        elif route == "/redirect":
+            self.reply(302, b"", {"Location": "/hook"})
+        elif route == "/slow":
+            time.sleep(1.0)
+            self.reply(200, b"late")
+        else:
+            self.reply(200, b'{"ok":true}')
+
+    def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_request
+
+
+class SinkServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would call socket.getfqdn(): a reverse DNS lookup nobody needs here.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", self.server_address[1]
+
+
+class SinkServer6(SinkServer):
+    address_family = socket.AF_INET6
+
+
+def start_sink(tls_context: ssl.SSLContext | None = None) -> Sink:
+    server = SinkServer(("127.0.0.1", 0), SinkHandler)
+    sink = Sink(server, scheme="https" if tls_context else "http")
+    if tls_context is not None:
+        tls_context.sni_callback = lambda _sock, name, _ctx: sink.server_names.append(name)  # type: ignore
+        server.socket = tls_context.wrap_socket(server.socket, server_side=True)
+    server.sink = sink  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return sink
+
+
+def stop_sink(sink: Sink) -> None:
+    sink.server.shutdown()
+    sink.close_idle_connections()
+    sink.server.server_close()
+
+
+@pytest.fixture
+def sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
+    monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
+    started = start_sink()
+    yield started
+    stop_sink(started)
+
+
+def callback(url: str, task_id: int = 7, attempt: int = 1, **payload: object) -> None:
+    execute(task_id, "http_callback", {"url": url, **payload}, attempt)
+
+
+def callback_failure(url: str, **payload: object) -> ExecutionError:
+    with pytest.raises(ExecutionError) as caught:
+        callback(url, **payload)
+    return caught.value
+
+
+# --- http_callback ---------------------------------------------------------------------------------
+
+def test_post_sends_json_and_idempotency_headers(sink: Sink) -> None:
+    callback(sink.url("/hook?x=1"), task_id=42, attempt=2, data={"hello": "wörld"},
+             headers={"Authorization": "Bearer s3cret"})
+    [request] = sink.requests
+    assert (request.method, request.path) == ("POST", "/hook?x=1")
+    assert json.loads(request.body) == {"hello": "wörld"}
+    assert request.headers["Idempotency-Key"] == "at-task-42"
+    assert request.headers["X-AT-Task-Id"] == "42"
+    assert request.headers["X-AT-Attempt"] == "2"
+    assert request.headers["User-Agent"] == "AT-scheduler/1"
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["Authorization"] == "Bearer s3cret"
+    assert request.headers["Host"] == f"127.0.0.1:{sink.port}"
+
+
+@pytest.mark.parametrize("method", ["get", "PUT", "Patch", "DELETE"])
+def test_every_method(sink: Sink, method: str) -> None:
+    callback(sink.url(), method=method, data=[1, 2])
+    [request] = sink.requests
+    assert request.method == method.upper()
+    assert request.body == (b"" if method == "get" else b"[1,2]")
+    assert ("Content-Type" in request.headers) is (method != "get")
+
+
+def test_the_same_idempotency_key_on_every_attempt(sink: Sink) -> None:
+    for attempt in (1, 2, 3):
+        callback(sink.url(), task_id=9, attempt=attempt)
+    assert {r.headers["Idempotency-Key"] for r in sink.requests} == {"at-task-9"}
+    assert [r.headers["X-AT-Attempt"] for r in sink.requests] == ["1", "2", "3"]
+
+
+def test_server_error_is_retryable(sink: Sink) -> None:
+    error = callback_failure(sink.url("/status/500"))
+    assert error.retryable
+    assert error.message.startswith("callback returned HTTP 500: upstream says no")
+    assert len(error.message) <= 240
+
+
+def test_failures_never_reveal_headers_or_query_strings(sink: Sink, caplog: pytest.LogCaptureFixture) -> None:
+    error = callback_failure(sink.url("/status/500?token=query-secret"), data={"card": "payload-secret"},
+                             headers={"Authorization": "Bearer header-secret"})
+    [record] = [r for r in caplog.records if r.getMessage() == "task execution failed"]
+    logged = repr(record.__dict__)
+    assert "callback returned HTTP 500" in logged
+    for secret in ("query-secret", "payload-secret", "header-secret"):
+        assert secret not in error.message
+        assert secret not in logged
+
+
+@pytest.mark.parametrize("status", [408, 429, 503])
+def test_retryable_statuses(sink: Sink, status: int) -> None:
+    assert callback_failure(sink.url(f"/status/{status}")).retryable
+
+
+def test_not_found_is_not_retryable(sink: Sink) -> None:
+    error = callback_failure(sink.url("/status/404"))
+    assert not error.retryable
+    assert error.message.startswith("callback returned HTTP 404")
+
+
+def test_redirect_is_not_followed_and_not_retryable(sink: Sink) -> None:
+    error = callback_failure(sink.url("/redirect"))
+    assert not error.retryable
+    assert error.message == "callback returned HTTP 302 (redirects are not followed)"
+    assert [r.path for r in sink.requests] == ["/redirect"]
+
+
+def test_slow_sink_times_out_retryably(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AT_HTTP_TIMEOUT_SECONDS", "0.3")
+    started = time.monotonic()
+    error = callback_failure(sink.url("/slow"))
+    assert time.monotonic() - started < 0.9
+    assert error.retryable
+    assert error.message == "callback timed out after 0.3s"
+
+
+def test_connection_refused_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    error = callback_failure(f"http://127.0.0.1:{port}/")
+    assert error.retryable
+    assert error.message.startswith("callback connection failed:")
+
+
+def test_keep_alive_connection_is_reused(sink: Sink) -> None:
+    for task_id in range(20):
+        callback(sink.url(), task_id=task_id)
+    assert len(sink.requests) == 20
+    assert sink.connections_opened == 1
+
+
+def test_error_responses_keep_the_connection(sink: Sink) -> None:
+    for path in ("/status/500", "/status/404", "/redirect", "/hook"):
+        try:
+            callback(sink.url(path))
+        except ExecutionError:
+            pass
+    assert sink.connections_opened == 1
+
+
+def test_recovers_when_the_server_closed_an_idle_connection(sink: Sink) -> None:
+    callback(sink.url())
+    sink.close_idle_connections()
+    callback(sink.url())
+    assert len(sink.requests) == 2
+    assert sink.connections_opened == 2
+
+
+def test_reconnects_once_when_a_stale_connection_fails_on_use(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race the idle check cannot see: the server closes just before the request goes out."""
+    callback(sink.url())
+    monkeypatch.setattr(http_transport, "_is_still_open", lambda connection: True)
+    sink.close_idle_connections()
+    callback(sink.url())
+    assert len(sink.requests) == 2
+    assert sink.connections_opened == 2
+
+
+def test_connects_to_the_vetted_ip_with_the_original_host_header(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    resolve_names_to(monkeypatch, {"sink.test": "127.0.0.1"})
+    callback(sink.url(host="sink.test"))
+    assert sink.requests[0].headers["Host"] == f"sink.test:{sink.port}"
+
+
+def test_ipv6_literal_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
+    try:
+        server = SinkServer6(("::1", 0), SinkHandler)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    sink6 = Sink(server)
+    server.sink = sink6  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        callback(f"http://[::1]:{sink6.port}/v6")
+        assert sink6.requests[0].headers["Host"] == f"[::1]:{sink6.port}"
+    finally:
+        stop_sink(sink6)
+
+
+# --- destination safety ----------------------------------------------------------------------------
+
+@pytest.fixture
+def unprotected_sink() -> Iterator[Sink]:
+    """A sink on 127.0.0.1 while AT_HTTP_ALLOW_PRIVATE is unset: nothing may reach it."""
+    started = start_sink()
+    yield started
+    stop_sink(started)
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("http://127.0.0.1:{port}/hook", "127.0.0.1 is not a public address (loopback)"),
+    ("http://10.0.0.1/hook", "10.0.0.1 is not a public address (private)"),
+    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is not a public address (cloud metadata service)"),
+    ("http://[::1]:{port}/hook", "::1 is not a public address (loopback)"),
+    ("http://[fd00:ec2::254]/", "fd00:ec2::254 is not a public address (cloud metadata service)"),
+    ("http://100.64.1.1/", "100.64.1.1 is not a public address (shared address space (CGNAT))"),
+    ("http://localhost:{port}/hook", "localhost resolves to 127.0.0.1, not a public address (loopback)"),
+    ("https://internal.test:{port}/hook", "internal.test resolves to 10.9.8.7, not a public address (private)"),
+    ("http://rebind.test:{port}/hook", "rebind.test resolves to 127.0.0.1, not a public address (loopback)"),
+])
+def test_private_destinations_are_refused(unprotected_sink: Sink, monkeypatch: pytest.MonkeyPatch,
+                                          url: str, reason: str) -> None:
+    real_getaddrinfo = socket.getaddrinfo
+    answers = {"localhost": ["127.0.0.1"], "internal.test": ["10.9.8.7"], "rebind.test": ["8.8.8.8", "127.0.0.1"]}
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list:
+        ips = answers.get(host, [host])
+        return [info for ip in ips for info in real_getaddrinfo(ip, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 6,
+                                                                 socket.AI_NUMERICHOST)]
+
+    monkeypatch.setattr(safety.socket, "getaddrinfo", getaddrinfo)
+    error = callback_failure(url.format(port=unprotected_sink.port))
+    assert not error.retryable
+    assert error.message == f"callback destination refused: {reason}"
+    assert unprotected_sink.connections_opened == 0
+
+
+# --- https -----------------------------------------------------------------------------------------
+
+@dataclass
+class Certificates:
+    ca_pem: bytes
+    cert_file: Path
+    key_file: Path
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A throwaway CA and a server certificate for sink.test (cryptography comes with moto)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("AT test CA")).issuer_name(name("AT test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    server = (x509.CertificateBuilder().subject_name(name("sink.test")).issuer_name(ca.subject)
+              .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName("sink.test")]), critical=False)
+              .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "server.pem", folder / "server.key"
+    cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return Certificates(ca.public_bytes(serialization.Encoding.PEM), cert_file, key_file)
+
+
+@pytest.fixture
+def tls_sink(certificates: Certificates, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(certificates.cert_file, certificates.key_file)
+    client_context = ssl.create_default_context(cadata=certificates.ca_pem.decode())
+    monkeypatch.setattr(http_transport, "tls_context", lambda: client_context)
+    monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
+    resolve_names_to(monkeypatch, {"sink.test": "127.0.0.1", "other.test": "127.0.0.1"})
+    started = start_sink(server_context)
+    yield started
+    stop_sink(started)
+
+
+def test_https_verifies_the_original_host_name(tls_sink: Sink) -> None:
+    callback(tls_sink.url(host="sink.test"))
+    callback(tls_sink.url(host="sink.test"))
+    assert tls_sink.server_names == ["sink.test"]  # SNI, once: the connection was kept alive
+    assert tls_sink.requests[0].headers["Host"] == f"sink.test:{tls_sink.port}"
+    assert tls_sink.connections_opened == 1
+
+
+def test_https_certificate_for_another_host_fails_without_retry(tls_sink: Sink) -> None:
+    error = callback_failure(tls_sink.url(host="other.test"))
+    assert not error.retryable
+    assert error.message.startswith("callback TLS certificate verification failed: Hostname mismatch")
+    assert tls_sink.requests == []
+
+
+# --- AWS through moto ------------------------------------------------------------------------------
+
+@pytest.fixture
+def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from moto import mock_aws
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_REGION": "us-east-1", "AT_AWS_DELIVERY": "1"}.items():
+        monkeypatch.setenv(name, value)
+    aws.reset_clients()
+    with mock_aws():
+        yield
+    aws.reset_clients()  # clients made inside the mock must not outlive it
+
+
+def boto_client(service: str):
+    import boto3
+
+    return boto3.client(service, region_name="us-east-1")
+
+
+def test_email_is_sent_through_ses(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ses.models import ses_backends
+
+    boto_client("sesv2").create_email_identity(EmailIdentity=SENDER)
+    monkeypatch.setenv("AT_EMAIL_FROM", SENDER)
+    execute(5, "send_email", {"to": ["ann@example.com", "bob@example.com"], "subject": "Reminder",
+                              "text": "It is time.", "cc": "cat@example.com"}, 1)
+    execute(6, "email", {"to": "ann@example.com", "subject": "Alias", "body": "plain", "html": "<b>hi</b>"}, 1)
+    statistics = boto_client("ses").get_send_statistics()["SendDataPoints"]
+    assert sum(point["DeliveryAttempts"] for point in statistics) == 4  # recipients
+    sent = ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages
+    assert [(m.source, m.subject, m.body) for m in sent] == [
+        (SENDER, "Reminder", "It is time."), (SENDER, "Alias", "<b>hi</b>")]
+    assert sent[0].destinations["ToAddresses"] == ["ann@example.com", "bob@example.com"]
+    assert sent[0].destinations["CcAddresses"] == ["cat@example.com"]
+
+
+def test_ses_rejection_is_not_retryable(moto_aws: None) -> None:
+    with pytest.raises(ExecutionError) as caught:
+        execute(5, "send_email", {"to": "ann@example.com", "subject": "s", "text": "t",
+                                  "from": "unverified@example.com"}, 1)
+    assert not caught.value.retryable
+    assert caught.value.message.startswith("SES SendEmail failed: MessageRejected:")
+
+
+def test_sms_is_published_through_sns(moto_aws: None) -> None:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.sns.models import sns_backends
+
+    execute(8, "send_sms", {"phone_number": "+15551234567", "message": "Your table is ready",
+                            "sender_id": "ATdemo"}, 1)
+    assert list(sns_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sms_messages.values()) == [
+        ("+15551234567", "Your table is ready")]
+
+
+def test_sqs_message_reaches_the_queue(moto_aws: None) -> None:
+    sqs = boto_client("sqs")
+    queue_url = sqs.create_queue(QueueName="jobs")["QueueUrl"]
+    execute(11, "sqs_message", {"queue_url": queue_url, "body": {"job": "report", "n": 1},
+                                "attributes": {"kind": "demo"}}, 1)
+    execute(12, "sqs_message", {"queue_url": queue_url, "body": "plain text"}, 1)
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                   MessageAttributeNames=["All"])["Messages"]
+    assert {m["Body"] for m in messages} == {'{"job":"report","n":1}', "plain text"}
+    with_attributes = next(m for m in messages if m["Body"].startswith("{"))
+    assert with_attributes["MessageAttributes"]["kind"]["StringValue"] == "demo"
+
+
+def test_sqs_fifo_deduplicates_by_task_id(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqs = boto_client("sqs")
+    queue_url = sqs.create_queue(QueueName="jobs.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    monkeypatch.setenv("AT_SQS_DEFAULT_QUEUE_URL", queue_url)
+    execute(21, "sqs_message", {"body": "first try"}, 1)
+    execute(21, "sqs_message", {"body": "second try"}, 2)  # a retry after an unknown outcome
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                   MessageSystemAttributeNames=["All"])["Messages"]
+    assert [m["Body"] for m in messages] == ["first try"]
+    assert messages[0]["Attributes"]["MessageDeduplicationId"] == "at-task-21"
+    assert messages[0]["Attributes"]["MessageGroupId"] == "at-task-21"
+
+
+def test_missing_queue_is_not_retryable(moto_aws: None) -> None:
+    with pytest.raises(ExecutionError) as caught:
+        execute(1, "sqs_message", {"queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/nope",
+                                   "body": "x"}, 1)
+    assert not caught.value.retryable
+    assert caught.value.message.startswith("SQS SendMessage failed:")
+
+
+def test_unreachable_aws_endpoint_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL_SNS": f"http://127.0.0.1:{port}"}.items():
+        monkeypatch.setenv(name, value)
+    aws.reset_clients()
+    with pytest.raises(ExecutionError) as caught:
+        execute(1, "send_sms", {"phone_number": "+15551234567", "message": "hi"}, 1)
+    assert caught.value.retryable
+    assert caught.value.message.startswith("SNS Publish failed: EndpointConnectionError")
+
+
+# --- the local outbox ------------------------------------------------------------------------------
+
+def outbox_lines(channel: str) -> list[dict]:
+    import os
+
+    path = Path(os.environ["AT_OUTBOX_DIR"]) / f"{channel}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_outbox_receives_every_channel_without_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AT_EMAIL_FROM", SENDER)
+    execute(1, "send_email", {"to": "ann@example.com", "subject": "Hi", "body": "text"}, 1)
+    execute(2, "send_sms", {"phone_number": "+15551234567", "message": "hello"}, 3)
+    execute(3, "sqs_message", {"queue_url": "https://sqs.us-east-1.amazonaws.com/1/jobs.fifo", "body": {"a": 1}}, 1)
+    [email] = outbox_lines("email")
+    assert (email["task_id"], email["attempt"]) == (1, 1)
+    assert email["timestamp"].endswith("Z")
+    assert email["message"] == {"from": SENDER, "to": ["ann@example.com"], "cc": [], "bcc": [], "reply_to": [],
+                                "subject": "Hi", "text": "text", "html": None}
+    [sms] = outbox_lines("sms")
+    assert (sms["task_id"], sms["attempt"], sms["message"]) == (
+        2, 3, {"phone_number": "+15551234567", "message": "hello", "sender_id": None})
+    [message] = outbox_lines("sqs")
+    assert message["message"] == {"queue_url": "https://sqs.us-east-1.amazonaws.com/1/jobs.fifo", "body": '{"a":1}',
+                                  "message_group_id": "at-task-3", "deduplication_id": "at-task-3",
+                                  "delay_seconds": None, "attributes": {}}
+
+
+def test_outbox_appends_whole_lines_from_many_threads() -> None:
+    def send(worker: int) -> None:
+        for n in range(50):
+            execute(worker * 1000 + n, "send_sms", {"phone_number": "+15551234567", "message": "x" * 1500}, 1)
+
+    threads = [threading.Thread(target=send, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = outbox_lines("sms")
+    assert len(lines) == 400
+    assert len({line["task_id"] for line in lines}) == 400
+
+
+def test_outbox_write_failure_is_retryable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("AT_OUTBOX_DIR", str(blocker / "outbox"))
+    with pytest.raises(ExecutionError) as caught:
+        execute(1, "send_sms", {"phone_number": "+15551234567", "message": "hi"}, 1)
+    assert caught.value.retryable
+    assert caught.value.message.startswith("outbox write failed:")
