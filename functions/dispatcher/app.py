@@ -33,15 +33,22 @@ def _queue():
 
 
 def send_to_queue(tasks: list[ClaimedTask]) -> None:
-    """One message per attempt: {"id", "attempt"} (payloads can exceed SQS's message size)."""
+    """One message per attempt: {"id", "attempt"} (payloads can exceed SQS's message size).
+    What SQS refuses goes straight back to pending (else it would wait out its lease)."""
     queue_url = os.environ["TASK_QUEUE_URL"]
+    unsent: list[ClaimedTask] = []
     for start in range(0, len(tasks), _SQS_BATCH):
         chunk = tasks[start : start + _SQS_BATCH]
         entries = [{"Id": str(t.id), "MessageBody": json.dumps({"id": t.id, "attempt": t.attempt})} for t in chunk]
-        failed = _queue().send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
-        if failed:
-            # Their leases expire and recovery retries them; nothing is lost.
-            logger.error("Tasks not queued", extra={"task_ids": [f["Id"] for f in failed]})
+        try:
+            failed_ids = {f["Id"] for f in _queue().send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])}
+        except Exception:  # noqa: BLE001 - any SDK or network error: keep dispatching the rest
+            logger.exception("Sending to the task queue failed")
+            failed_ids = {entry["Id"] for entry in entries}
+        unsent.extend(t for t in chunk if str(t.id) in failed_ids)
+    if unsent:
+        with db.connection() as conn:
+            execution.release_claims(conn, unsent)
 
 
 @logger.inject_lambda_context(clear_state=True)

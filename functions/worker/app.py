@@ -13,10 +13,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from atcore import execution
 from atcore.observability import logger, metrics, tracer
 
-processor = BatchProcessor(event_type=EventType.SQS)
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 def run_message(record: SQSRecord) -> None:
+    logger.remove_keys(["task_id"])  # keys persist across records of a batch
     message = json.loads(record.body)
     logger.append_keys(task_id=message["id"])
     execution.run_attempt(int(message["id"]), int(message["attempt"]))

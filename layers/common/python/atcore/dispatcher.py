@@ -80,11 +80,16 @@ class Dispatcher:
         return WAKE_HORIZON_SECONDS if wake_in is None else max(0.0, min(wake_in, WAKE_HORIZON_SECONDS))
 
     def run(self, keep_running: Callable[[], bool]) -> None:
-        while keep_running():
-            try:
-                sleep_for = self.run_once()
-            except DatabaseUnavailable:
-                logger.warning("Dispatcher cannot reach the database; retrying")
-                sleep_for = WAKE_HORIZON_SECONDS
-            self._listener.wait(sleep_for)
-        self._listener.close()
+        try:
+            while keep_running():
+                try:
+                    sleep_for = self.run_once()
+                except DatabaseUnavailable:
+                    logger.warning("Dispatcher cannot reach the database; retrying")
+                    sleep_for = WAKE_HORIZON_SECONDS
+                except Exception:  # noqa: BLE001 - the loop must outlive one bad pass; claims recover by lease
+                    logger.exception("Dispatcher pass failed; retrying")
+                    sleep_for = WAKE_HORIZON_SECONDS
+                self._listener.wait(sleep_for)
+        finally:
+            self._listener.close()

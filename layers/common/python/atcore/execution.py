@@ -150,6 +150,13 @@ def _count_outcomes(statuses: Any) -> None:
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
 
 
+def release_claims(conn: Connection, tasks: list[ClaimedTask]) -> int:
+    """Give back attempts that were claimed but not handed over; returns how many were released."""
+    rows = conn.run(query("release_claims"), ids=[t.id for t in tasks], attempts=[t.attempt for t in tasks])
+    logger.warning("Claims released", extra={"task_ids": [row[0] for row in rows]})
+    return len(rows)
+
+
 def recover_expired_leases(conn: Connection, batch_size: int = 1000) -> list[tuple[int, str]]:
     rows = conn.run(query("recover_expired_leases"), batch_size=batch_size)
     if rows:

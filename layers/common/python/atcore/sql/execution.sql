@@ -90,3 +90,12 @@ FROM scheduled_tasks WHERE status = 'pending' AND execute_at <= now()
 
 -- name: listen_for_due_soon
 LISTEN at_task_due_soon
+
+-- name: release_claims
+-- Attempts that were claimed but could not be handed over (the queue refused them): back to
+-- pending at once, the attempt not counted, instead of waiting out their lease.
+UPDATE scheduled_tasks AS t
+SET status = 'pending', attempts = t.attempts - 1, lease_expires_at = NULL, updated_at = now()
+FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[])) AS c(id, attempt)
+WHERE t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing'
+RETURNING t.id
