@@ -41,7 +41,8 @@ def send_to_queue(tasks: list[ClaimedTask]) -> None:
         chunk = tasks[start : start + _SQS_BATCH]
         entries = [{"Id": str(t.id), "MessageBody": json.dumps({"id": t.id, "attempt": t.attempt})} for t in chunk]
         try:
-            failed_ids = {f["Id"] for f in _queue().send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])}
+            response = _queue().send_message_batch(QueueUrl=queue_url, Entries=entries)
+            failed_ids = {failure["Id"] for failure in response.get("Failed", [])}
         except Exception:  # noqa: BLE001 - any SDK or network error: keep dispatching the rest
             logger.exception("Sending to the task queue failed")
             failed_ids = {entry["Id"] for entry in entries}
