@@ -52,9 +52,19 @@ def _fields_from_env() -> dict[str, str]:
 
 
 def _fields_from_secret(secret_arn: str) -> dict[str, object]:
-    import boto3  # imported here: only functions configured with a secret pay for boto3
+    # Imported here: only functions configured with a secret pay for boto3.
+    import boto3
+    from botocore.config import Config
 
-    secret = boto3.client("secretsmanager").get_secret_value(SecretId=secret_arn)
+    # Bounded well inside a Lambda timeout; a failure is a 503 and the next request tries again.
+    client = boto3.client("secretsmanager", config=Config(connect_timeout=2, read_timeout=3,
+                                                          retries={"mode": "standard", "max_attempts": 2}))
+    try:
+        secret = client.get_secret_value(SecretId=secret_arn)
+    except Exception as exc:  # any SDK or network error: the credentials are unavailable now
+        from atcore.errors import DatabaseUnavailable
+
+        raise DatabaseUnavailable("database credentials are unavailable, try again later") from exc
     data = json.loads(secret["SecretString"])
     keys = {"username": "user", "password": "password", "host": "host", "port": "port", "dbname": "name"}
     return {field: data[key] for key, field in keys.items() if data.get(key) not in (None, "")}

@@ -9,6 +9,7 @@ no I/O. Driver errors are translated here, and only here, into atcore.errors.
 from __future__ import annotations
 
 import functools
+import select
 import socket
 import ssl
 import threading
@@ -46,10 +47,21 @@ class Connection(pg8000.native.Connection):
         self._context = self.execute_unnamed(statement, make_values(params), oids=())
         return self._context.rows
 
+    def looks_broken(self) -> bool:
+        """An idle connection has nothing to read; a readable one holds an EOF or the server's
+        FATAL goodbye (it was restarted, or killed our backend) and must not be lent out."""
+        try:
+            readable, _, _ = select.select([self._usock], [], [], 0)
+        except (OSError, ValueError):  # closed socket
+            return True
+        return bool(readable)
+
+
 _MAX_IDLE_CONNECTIONS = 16
 # SQLSTATE classes/codes meaning "the server is (temporarily) not there" rather than a bug.
-_UNAVAILABLE_CLASSES = ("08", "53", "57")
+_UNAVAILABLE_CLASSES = ("08", "28", "53", "57")
 _DATA_EXCEPTION_CLASS = "22"
+_AUTHORIZATION_CLASS = "28"  # invalid_authorization_specification, invalid_password
 
 
 class _Pool:
@@ -58,10 +70,14 @@ class _Pool:
         self._lock = threading.Lock()
 
     def take(self) -> Connection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return open_connection(database_settings())
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return open_connection(database_settings())
+            if not conn.looks_broken():
+                return conn
+            close_quietly(conn)
 
     def give_back(self, conn: Connection) -> None:
         with self._lock:
@@ -92,12 +108,13 @@ def _ssl_context(settings: DatabaseSettings) -> ssl.SSLContext | bool:
 
 
 def open_connection(settings: DatabaseSettings, database: str | None = None) -> Connection:
-    """A new connection; the connect timeout bounds how long an unreachable server can stall us."""
+    """A new connection. The connect timeout bounds the TCP connect and the PostgreSQL handshake
+    (a server that accepts but never answers); afterwards a query may take its statement
+    timeout plus that margin."""
     try:
         sock = socket.create_connection((settings.host, settings.port), timeout=settings.connect_timeout)
-        sock.settimeout(settings.connect_timeout + settings.statement_timeout_ms / 1000)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        return Connection(
+        conn = Connection(
             user=settings.user,
             host=settings.host,
             port=settings.port,
@@ -108,9 +125,14 @@ def open_connection(settings: DatabaseSettings, database: str | None = None) -> 
             application_name="at",
             startup_params={"TimeZone": "UTC", "statement_timeout": str(settings.statement_timeout_ms)},
         )
+        conn._usock.settimeout(settings.connect_timeout + settings.statement_timeout_ms / 1000)  # TLS-wrapped too
+        return conn
     except OSError as exc:
         raise DatabaseUnavailable("database is unavailable, try again later") from exc
     except (InterfaceError, DriverDatabaseError) as exc:
+        if _sqlstate(exc).startswith(_AUTHORIZATION_CLASS):
+            # The password may have been rotated: read the secret again on the next attempt.
+            database_settings.cache_clear()
         raise _translate(exc) from exc
 
 
