@@ -58,7 +58,7 @@ def test_defaults_without_any_variable(env):
     assert (settings.host, settings.port, settings.user, settings.password, settings.name) == (
         "127.0.0.1", 5432, "postgres", None, "at_scheduler")
     assert (settings.sslmode, settings.sslrootcert, settings.secret_arn) == ("disable", None, None)
-    assert (settings.connect_timeout, settings.statement_timeout_ms) == (5.0, 10_000)
+    assert (settings.connect_timeout, settings.statement_timeout_ms) == (3.0, 4_000)
 
 
 def test_every_variable_is_read(env):

@@ -26,8 +26,10 @@ class DatabaseSettings(BaseModel):
     sslmode: Literal["disable", "require", "verify-full"] = "disable"
     sslrootcert: str | None = None
     secret_arn: str | None = None
-    connect_timeout: float = Field(default=5.0, gt=0)
-    statement_timeout_ms: int = Field(default=10_000, ge=0)
+    # Connect + statement timeouts stay inside the API functions' 10 s Lambda timeout, so a
+    # stalled database is our 503, not API Gateway's 502 or 504.
+    connect_timeout: float = Field(default=3.0, gt=0)
+    statement_timeout_ms: int = Field(default=4_000, ge=0)
 
 
 def _env(name: str) -> str | None:
