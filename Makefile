@@ -7,7 +7,7 @@ READY  := $(VENV)/.ready
 export SAM_CLI_TELEMETRY ?= 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: run test test-unit lint validate build migrate clean
+.PHONY: run test test-unit fuzz openapi lint validate build migrate bench clean
 
 $(READY): requirements-dev.txt layers/common/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(READY)  ## unit, integration (real PostgreSQL) and end-to-end tests
 test-unit: $(READY)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
+fuzz: $(READY)  ## schemathesis against the local run: AT_FUZZ_EXAMPLES (1000) cases per operation and mode
+	AT_FUZZ_EXAMPLES=$${AT_FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest tests/e2e/test_fuzz_api.py $(PYTEST_ARGS)
+
+openapi: $(READY)  ## regenerate docs/openapi.json from the API functions (served at /openapi.json, /docs)
+	$(BIN)/python -m devtools.openapi
+
 lint: $(READY)
 	$(BIN)/ruff check .
 	$(BIN)/sam validate --lint
@@ -35,6 +41,9 @@ build: $(READY)
 
 migrate: $(READY)  ## apply db/migrations to the DB_* database (DB_HOST must be set)
 	PYTHONPATH=layers/common/python $(BIN)/python db/migrate.py
+
+bench: $(READY)  ## benchmarks, not tests: figures into docs/BENCHMARKS.md (BENCH_ARGS="listing" runs one)
+	$(BIN)/python -m devtools.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .aws-sam .local

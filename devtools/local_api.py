@@ -235,7 +235,14 @@ class _FreshRequestIdApigwService(LocalApigwService):
     """
 
     def _generate_lambda_event(self, flask_request: Any, route: Any, method: str, endpoint: str) -> dict:
-        event = super()._generate_lambda_event(flask_request, route, method, endpoint)
+        try:
+            event = super()._generate_lambda_event(flask_request, route, method, endpoint)
+        except UnicodeDecodeError:
+            # A text body that is not UTF-8: SAM would answer 502, API Gateway hands the function
+            # the text with U+FFFD for the bad bytes (and our handler then answers 400).
+            text = flask_request.get_data().decode("utf-8", errors="replace")
+            flask_request._cached_data = text.encode("utf-8")  # werkzeug's cache of the body
+            event = super()._generate_lambda_event(flask_request, route, method, endpoint)
         context = event.get("requestContext") or {}
         now = datetime.now(UTC)
         if "requestId" in context:

@@ -10,7 +10,13 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +179,55 @@ def sql(database_server: Database, database: str) -> Iterator[pg8000.native.Conn
         yield conn
     finally:
         conn.close()
+
+
+# --- the local run, for the end-to-end tests -----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def request(method: str, url: str, body: bytes | str | None = None, headers: dict | None = None):
+    """One HTTP request; returns (status, parsed JSON body or text, Content-Type)."""
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            raw, status, content_type = response.read(), response.status, response.headers.get("Content-Type")
+    except urllib.error.HTTPError as error:
+        raw, status, content_type = error.read(), error.code, error.headers.get("Content-Type")
+    try:
+        return status, json.loads(raw), content_type
+    except ValueError:
+        return status, raw.decode(), content_type
+
+
+@pytest.fixture(scope="module")
+def api(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m devtools.run` (what `make run` starts) as a real process, serving the test
+    database; yields its base URL. One per test module."""
+    port = free_port()
+    outbox = tmp_path_factory.mktemp("outbox")
+    env = os.environ | {"API_PORT": str(port), "AT_OUTBOX_DIR": str(outbox), "POWERTOOLS_LOG_LEVEL": "WARNING",
+                        "AT_RETRY_BASE_SECONDS": "0.05"}
+    env.pop("AT_AWS_DELIVERY", None)
+    process = subprocess.Popen([sys.executable, "-m", "devtools.run"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if request("GET", f"{base}/health")[0] == 200:
+                break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"local run did not start: {process.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(30)

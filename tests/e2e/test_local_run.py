@@ -1,71 +1,20 @@
-"""End to end over HTTP: `python -m devtools.run` (what `make run` starts) as a real process,
-against the test database, exercised with the README's requests."""
+"""End to end over HTTP: `python -m devtools.run` (what `make run` starts) as a real process
+(the `api` fixture of tests/conftest.py), against the test database, exercised with the README's
+requests."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import ROOT
+from conftest import request
 from http_sink import HttpSink
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def request(method: str, url: str, body: bytes | str | None = None, headers: dict | None = None):
-    data = body.encode() if isinstance(body, str) else body
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as response:
-            raw, status, content_type = response.read(), response.status, response.headers.get("Content-Type")
-    except urllib.error.HTTPError as error:
-        raw, status, content_type = error.read(), error.code, error.headers.get("Content-Type")
-    try:
-        return status, json.loads(raw), content_type
-    except ValueError:
-        return status, raw.decode(), content_type
-
-
-@pytest.fixture(scope="module")
-def api(database, tmp_path_factory):
-    """The local run, serving the test database; yields its base URL."""
-    port = free_port()
-    outbox = tmp_path_factory.mktemp("outbox")
-    env = os.environ | {"API_PORT": str(port), "AT_OUTBOX_DIR": str(outbox), "POWERTOOLS_LOG_LEVEL": "WARNING",
-                        "AT_RETRY_BASE_SECONDS": "0.05"}
-    env.pop("AT_AWS_DELIVERY", None)
-    process = subprocess.Popen([sys.executable, "-m", "devtools.run"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if request("GET", f"{base}/health")[0] == 200:
-                break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"local run did not start: {process.stderr.read().decode()[-2000:]}")
-        time.sleep(0.2)
-    yield base
-    process.terminate()
-    process.wait(30)
 
 
 def in_seconds(seconds: float) -> str:
@@ -152,3 +101,8 @@ def test_task_created_over_http_runs_on_time(api):
 def test_unknown_route_answers_like_api_gateway(api):
     status, answer, _ = request("GET", f"{api}/api/v2/nothing")
     assert status == 403 and answer == {"message": "Missing Authentication Token"}
+
+
+def test_body_that_is_not_utf8_is_a_400(api):
+    status, answer, _ = request("POST", f"{api}/api/v1/tasks", b"\x80\xff", {"Content-Type": "application/json"})
+    assert status == 400 and "not valid JSON" in answer["error"]

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from atcore.models import MAX_PAYLOAD_DEPTH
 from conftest import invoke, invoke_raw, load_event
 
 FUTURE = "2099-01-01T12:00:00Z"
@@ -60,6 +61,27 @@ def test_payload_round_trips(sql, payload):
     created = create_task(payload=payload)
     status, body = invoke("get_task", id_event("get_task", created["id"]))
     assert status == 200 and body["task"]["payload"] == payload
+
+
+def test_the_deepest_payload_allowed_is_answered_everywhere(sql):
+    # Deeper payloads were stored and then answered with 500 (pydantic-core's serializer stops near
+    # 255 levels), on create and on every read or list page holding the task.
+    deepest = 1
+    for _ in range(MAX_PAYLOAD_DEPTH):
+        deepest = [deepest]
+    created = create_task(payload=deepest)
+    assert invoke("get_task", id_event("get_task", created["id"]))[1]["task"]["payload"] == deepest
+    assert invoke("list_tasks", list_event())[1]["tasks"][0]["payload"] == deepest
+    status, body = invoke("create_task", create_event(payload=[deepest]))
+    assert status == 400 and body["error"] == f"payload must not be nested more than {MAX_PAYLOAD_DEPTH} levels deep"
+    assert row_count(sql) == 1
+
+
+@pytest.mark.parametrize("task_type", ["a\x00b", "\x00", "tab\there", "\x85"])
+def test_a_task_type_filter_with_control_characters_is_a_400(sql, task_type):
+    # "\x00" used to reach PostgreSQL and come back as 400 "value rejected: invalid byte sequence ..."
+    status, body = invoke("list_tasks", list_event(task_type=task_type))
+    assert (status, body["error"]) == (400, "task_type must not contain control characters")
 
 
 def test_strings_with_sql_metacharacters_are_stored_verbatim(sql):

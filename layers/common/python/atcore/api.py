@@ -7,12 +7,15 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -21,6 +24,28 @@ from atcore.models import MAX_BODY_BYTES, ErrorBody, ErrorDetail
 from atcore.observability import logger, metrics, tracer
 
 JSON = "application/json"
+
+# What each error status means, for the OpenAPI document; every error body is an ErrorBody.
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    HTTPStatus.BAD_REQUEST: "Invalid request; `error` says why and `details` names each offending field.",
+    HTTPStatus.NOT_FOUND: "No task with this id.",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: f"The request body exceeds {MAX_BODY_BYTES} bytes.",
+    HTTPStatus.INTERNAL_SERVER_ERROR: "An unexpected error; the message reveals no internals.",
+    HTTPStatus.SERVICE_UNAVAILABLE: "The database does not answer; retrying later may work.",
+}
+
+
+def error_responses(*statuses: int, **descriptions: str) -> dict[int, OpenAPIResponse]:
+    """The `responses=` of a route for these error statuses, e.g. error_responses(400, 404, 503);
+    a keyword such as `not_found="..."` (an HTTPStatus name, lower case) rewords one."""
+    custom = {HTTPStatus[name.upper()]: text for name, text in descriptions.items()}
+    return {
+        int(status): {
+            "description": custom.get(status) or ERROR_DESCRIPTIONS[status],
+            "content": {JSON: {"model": ErrorBody}},
+        }
+        for status in statuses
+    }
 
 
 def error_response(status: HTTPStatus, message: str, details: list[ErrorDetail] | None = None) -> Response:
@@ -108,7 +133,17 @@ class TaskApiResolver(APIGatewayRestResolver):
         super().__init__(enable_validation=True, json_body_deserializer=parse_json_body)
         self.exception_handler(RequestValidationError)(lambda exc: validation_error_response(list(exc.errors())))
         self.exception_handler(AtError)(self._domain_error)
+        self.exception_handler(NotFoundError)(self._no_route)
         self.exception_handler(Exception)(self._unexpected_error)
+
+    @staticmethod
+    def _compile_regex(rule: str, base_regex: str = "^{}/*$") -> re.Pattern[str]:
+        """A path parameter takes whatever API Gateway matched: one segment, any characters.
+
+        Powertools' own pattern takes only URI-safe and word characters, so `/api/v1/tasks/°` or
+        `/api/v1/tasks/🙂` would match no route; here they reach validation and get its 400.
+        """
+        return re.compile(base_regex.format(re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", rule)))
 
     def resolve(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         if event.get("body") is not None:
@@ -129,6 +164,12 @@ class TaskApiResolver(APIGatewayRestResolver):
         if exc.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
             logger.warning("Request failed", extra={"error": exc.message, "status": int(exc.status)})
         return error_response(exc.status, exc.message)
+
+    @staticmethod
+    def _no_route(exc: NotFoundError) -> Response:
+        # API Gateway routed the request to this function, so this is rare (e.g. a "/" inside {id});
+        # without this handler the catch-all below would make it a 500.
+        return error_response(HTTPStatus.NOT_FOUND, "no such resource")
 
     @staticmethod
     def _unexpected_error(exc: Exception) -> Response:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_serializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 INT64_MAX = 9_223_372_036_854_775_807
 TASK_TYPE_MAX_LENGTH = 50
@@ -19,6 +19,9 @@ MAX_ATTEMPTS_LIMIT = 100
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_BODY_BYTES = 256 * 1024
+# Deeper payloads could be stored but not answered: the response serializer (pydantic-core) gives
+# up near 255 levels, which made create, read and every list page holding the task a 500.
+MAX_PAYLOAD_DEPTH = 100
 
 
 class TaskStatus(StrEnum):
@@ -37,6 +40,8 @@ STATUS_CHOICES = ", ".join(TaskStatus)
 # zone-less and week-date forms.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _DIGITS = re.compile(r"[0-9]+")
+# check_task_type's rule as a JSON Schema (ECMA-262) pattern, for the OpenAPI document.
+_NO_CONTROL_CHARACTERS = r"^[^\u0000-\u001f\u007f-\u009f]*$"
 
 
 def format_timestamp(value: datetime) -> str:
@@ -48,7 +53,10 @@ def format_timestamp(value: datetime) -> str:
     return text + "Z"
 
 
-UtcTimestamp = Annotated[datetime, PlainSerializer(format_timestamp, return_type=str)]
+_TIMESTAMP_SCHEMA = {"type": "string", "format": "date-time"}
+UtcTimestamp = Annotated[
+    datetime, PlainSerializer(format_timestamp, return_type=str), WithJsonSchema(_TIMESTAMP_SCHEMA)
+]
 
 
 def parse_execute_at(value: object) -> datetime:
@@ -68,12 +76,17 @@ def require_future(value: datetime) -> datetime:
     return value
 
 
+def _has_control_characters(text: str) -> bool:
+    # C0, DEL and C1 controls, and lone surrogates (which PostgreSQL cannot store either).
+    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or 0xD800 <= ord(ch) < 0xE000 for ch in text)
+
+
 def check_task_type(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError("task_type must be a string")
     if not 1 <= len(value) <= TASK_TYPE_MAX_LENGTH:
         raise ValueError(f"task_type must be 1 to {TASK_TYPE_MAX_LENGTH} characters long")
-    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or 0xD800 <= ord(ch) < 0xE000 for ch in value):
+    if _has_control_characters(value):
         raise ValueError("task_type must not contain control characters")
     return value
 
@@ -86,21 +99,23 @@ def check_payload(value: object) -> object:
 
 
 def ensure_storable_json(value: object) -> None:
-    """PostgreSQL's jsonb refuses NUL characters, lone surrogates and non-finite numbers;
-    find them here so the client gets a 400 instead of a database error."""
-    stack = [value]
+    """PostgreSQL's jsonb refuses NUL characters, lone surrogates and non-finite numbers, and
+    the API cannot answer with payloads nested beyond MAX_PAYLOAD_DEPTH; find them here so the
+    client gets a 400 instead of a database error or a 500."""
+    stack = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
             _check_storable_string(item)
         elif isinstance(item, float) and not math.isfinite(item):
             raise ValueError("payload numbers must be finite")
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                _check_storable_string(key)
-                stack.append(child)
-        elif isinstance(item, list):
-            stack.extend(item)
+        elif isinstance(item, dict | list):
+            if depth >= MAX_PAYLOAD_DEPTH:
+                raise ValueError(f"payload must not be nested more than {MAX_PAYLOAD_DEPTH} levels deep")
+            if isinstance(item, dict):
+                for key in item:
+                    _check_storable_string(key)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
 
 
 def _check_storable_string(text: str) -> None:
@@ -121,17 +136,28 @@ def check_max_attempts(value: object) -> int:
     return value
 
 
+def _decimal(value: object) -> int | None:
+    """The number a string of ASCII digits spells, capped just above INT64_MAX (int() would refuse
+    4,301 digits with a message about Python); None for anything else."""
+    if not isinstance(value, str) or not _DIGITS.fullmatch(value):
+        return None
+    significant = value.lstrip("0")
+    return INT64_MAX + 1 if len(significant) > len(str(INT64_MAX)) else int(significant or "0")
+
+
 def parse_task_id(value: object) -> int:
-    if isinstance(value, str) and _DIGITS.fullmatch(value) and 1 <= int(value) <= INT64_MAX:
-        return int(value)
+    number = _decimal(value)
+    if number is not None and 1 <= number <= INT64_MAX:
+        return number
     raise ValueError(f"id must be an integer from 1 to {INT64_MAX}")
 
 
 def _parse_non_negative(name: str, value: object) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, str) and _DIGITS.fullmatch(value) and int(value) <= INT64_MAX:
-        return int(value)
+    number = _decimal(value)
+    if number is not None and number <= INT64_MAX:
+        return number
     raise ValueError(f"{name} must be a non-negative integer")
 
 
@@ -159,15 +185,43 @@ def parse_task_type_filter(value: object) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > TASK_TYPE_MAX_LENGTH:
         raise ValueError(f"task_type must be at most {TASK_TYPE_MAX_LENGTH} characters long")
+    if _has_control_characters(value):  # no task has such a type; and PostgreSQL refuses NUL
+        raise ValueError("task_type must not contain control characters")
     return value
 
 
-# Request parameter types: the validator gives the message, Field gives the OpenAPI schema.
-TaskId = Annotated[int, BeforeValidator(parse_task_id), Field(ge=1, le=INT64_MAX)]
-PageLimit = Annotated[int, BeforeValidator(parse_limit), Field(ge=1, le=MAX_PAGE_SIZE)]
-PageOffset = Annotated[int, BeforeValidator(parse_offset), Field(ge=0)]
-StatusFilter = Annotated[TaskStatus | None, BeforeValidator(parse_status_filter)]
-TaskTypeFilter = Annotated[str | None, BeforeValidator(parse_task_type_filter), Field(max_length=TASK_TYPE_MAX_LENGTH)]
+# Request parameter types: the validator gives the message, WithJsonSchema the OpenAPI schema of
+# what a client may send (which is wider than the parsed value: limit=0 or 500 are accepted).
+# (format int64 rather than maximum: Powertools' OpenAPI models hold bounds as floats, inexact at 2**63.)
+TaskId = Annotated[
+    int, BeforeValidator(parse_task_id), WithJsonSchema({"type": "integer", "format": "int64", "minimum": 1})
+]
+_LIMIT_MEANING = f"Page size; 0 means {DEFAULT_PAGE_SIZE}, values above {MAX_PAGE_SIZE} mean {MAX_PAGE_SIZE}."
+PageLimit = Annotated[
+    int,
+    BeforeValidator(parse_limit),
+    WithJsonSchema({"type": "integer", "format": "int64", "minimum": 0, "description": _LIMIT_MEANING}),
+]
+PageOffset = Annotated[
+    int, BeforeValidator(parse_offset), WithJsonSchema({"type": "integer", "format": "int64", "minimum": 0})
+]
+StatusFilter = Annotated[
+    TaskStatus | None,
+    BeforeValidator(parse_status_filter),
+    WithJsonSchema({"type": "string", "enum": [status.value for status in TaskStatus]}),
+]
+TaskTypeFilter = Annotated[
+    str | None,
+    BeforeValidator(parse_task_type_filter),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": TASK_TYPE_MAX_LENGTH,
+            "pattern": _NO_CONTROL_CHARACTERS,
+            "description": "Exact match.",
+        }
+    ),
+]
 
 
 class CreateTaskRequest(BaseModel):
@@ -179,20 +233,34 @@ class CreateTaskRequest(BaseModel):
         description="RFC 3339 date-time with an offset (Z or ±hh:mm), strictly in the future."
     )
     task_type: Annotated[str, BeforeValidator(check_task_type)] = Field(
-        min_length=1, max_length=TASK_TYPE_MAX_LENGTH, description="Routes the task to its executor."
+        min_length=1,
+        max_length=TASK_TYPE_MAX_LENGTH,
+        json_schema_extra={"pattern": _NO_CONTROL_CHARACTERS},
+        description="Routes the task to its executor; 1 to 50 characters, no control characters.",
     )
-    payload: Annotated[Any, BeforeValidator(check_payload)] = Field(
+    payload: Annotated[Any, BeforeValidator(check_payload), WithJsonSchema({"not": {"type": "null"}})] = Field(
         description="Any JSON value except null; handed to the executor."
     )
-    max_attempts: Annotated[int, BeforeValidator(check_max_attempts)] = Field(
-        default=DEFAULT_MAX_ATTEMPTS, ge=1, le=MAX_ATTEMPTS_LIMIT
+    max_attempts: Annotated[
+        int,
+        BeforeValidator(check_max_attempts),
+        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT}, {"type": "null"}]}),
+    ] = Field(
+        default=DEFAULT_MAX_ATTEMPTS,
+        description=f'A JSON integer (not 3.0 or "3"); null means the default, {DEFAULT_MAX_ATTEMPTS}.',
     )
 
 
-_OPTIONAL_TASK_FIELDS = ("completed_at", "error_message")
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # "default": null next to "type": "string" would read as a contradiction
 
 
 class Task(BaseModel):
+    # completed_at and error_message are left out while unset (CONTRACT.md), never null.
     id: int
     execute_at: UtcTimestamp
     task_type: str
@@ -202,16 +270,18 @@ class Task(BaseModel):
     max_attempts: int
     created_at: UtcTimestamp
     updated_at: UtcTimestamp
-    completed_at: UtcTimestamp | None = Field(default=None, description="Present once completed or failed.")
-    error_message: str | None = Field(default=None, description="Present once an attempt has failed.")
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_optionals(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        for name in _OPTIONAL_TASK_FIELDS:
-            if data.get(name) is None:
-                data.pop(name, None)
-        return data
+    completed_at: Annotated[UtcTimestamp | None, WithJsonSchema(_TIMESTAMP_SCHEMA, mode="serialization")] = Field(
+        default=None,
+        exclude_if=_is_none,
+        json_schema_extra=_without_default,
+        description="Present once completed or failed.",
+    )
+    error_message: Annotated[str | None, WithJsonSchema({"type": "string"}, mode="serialization")] = Field(
+        default=None,
+        exclude_if=_is_none,
+        json_schema_extra=_without_default,
+        description="Present once an attempt has failed.",
+    )
 
 
 class TaskEnvelope(BaseModel):
