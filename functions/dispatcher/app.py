@@ -17,6 +17,8 @@ from atcore.dispatcher import Dispatcher
 from atcore.execution import ClaimedTask
 from atcore.observability import logger, metrics, tracer
 
+tracer.patch(["botocore"])  # this function calls AWS: trace those calls
+
 RUN_SECONDS = float(os.environ.get("AT_DISPATCH_RUN_SECONDS", "60"))
 _SAFETY_MARGIN_MS = 5_000
 _SQS_BATCH = 10

@@ -13,6 +13,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from atcore import execution
 from atcore.observability import logger, metrics, tracer
 
+tracer.patch(["botocore"])  # this function calls AWS: trace those calls
+
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 

@@ -12,5 +12,8 @@ os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "at")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "AT")
 
 logger = Logger()
-tracer = Tracer()
+# No auto-patching: X-Ray's patch_all imports every library it can trace (botocore, requests,
+# ...), which doubled the API functions' cold start for calls they never make. Functions that
+# call AWS patch botocore themselves (see functions/dispatcher and functions/worker).
+tracer = Tracer(auto_patch=False)
 metrics = Metrics()

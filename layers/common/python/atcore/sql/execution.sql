@@ -42,7 +42,9 @@ decided AS (
            o.error, o.retry_in_seconds
     FROM scheduled_tasks AS t
     JOIN outcome AS o ON o.id = t.id AND o.attempt = t.attempts
-    WHERE t.status = 'processing'
+    -- The id list again, as an index condition: without it the planner hash-joins every
+    -- processing task (777 ms instead of 49 ms for 500 outcomes among 50k processing tasks).
+    WHERE t.id = ANY(CAST(:ids AS bigint[])) AND t.status = 'processing'
     FOR UPDATE OF t
 )
 UPDATE scheduled_tasks AS t
