@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): `make bench`; figures go to docs/BENCHMARKS.md."""

@@ -1,0 +1,372 @@
+"""Listing at scale: GET /api/v1/tasks through the list_tasks handler over 1,000,000 tasks.
+
+Goal: p95 <= 25 ms at offset 0 with any filter, and `total` exact. When the goal is missed, the
+proposed fix in devtools/bench/proposed/ (a counts table kept by triggers + a new list query) is
+prototyped in a scratch copy of the database, and both are timed the same way, with the cost
+the triggers add to writes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pg8000.native
+
+from devtools.bench import common
+
+ROWS = 1_000_000
+RUNS = 30
+LIMIT = 50  # the API's default page size
+OFFSETS = (0, 10_000, 500_000)
+GOAL_P95_S = 0.025
+PROPOSED = Path(__file__).resolve().parent / "proposed"
+
+TASK_TYPES = [
+    "send_email", "http_callback", "send_sms", "sqs_message", "email", "invoice_reminder", "report_ready",
+    "password_reset", "trial_expiry", "webhook_retry", "daily_digest", "cart_abandoned", "subscription_renewal",
+    "order_shipped", "survey_invite", "account_cleanup", "export_ready", "payment_failed", "weekly_summary",
+    "birthday_greeting",
+]  # fmt: skip
+
+# (status, task_type): none, each alone, both; the largest and the smallest sets.
+FILTERS: list[tuple[str | None, str | None]] = [
+    (None, None),
+    ("pending", None),
+    ("completed", None),
+    (None, "send_email"),
+    ("completed", "send_email"),
+    ("pending", "birthday_greeting"),
+]
+
+# One statement (after setseed), rows in id order so ids grow with created_at as in real life. Status mix:
+# 70% completed, 10% failed, 5% cancelled, 10% pending (due in the future), 5% processing (with a
+# lease). task_type: 20 types, index floor(20 * u^2.5), so the first is ~30% and the last ~2%.
+# Every CHECK holds: completed_at iff completed/failed, lease iff processing, attempts within
+# 0..max_attempts and >= 1 while processing. setseed makes the data the same on every run.
+LOAD_SQL = """
+SELECT setseed(0.42);
+INSERT INTO scheduled_tasks (execute_at, task_type, payload, status, attempts, max_attempts,
+                             created_at, updated_at, completed_at, error_message, lease_expires_at)
+SELECT CASE r.status WHEN 'pending' THEN now() + interval '1 hour' * (1 + r.v * 720)
+                     WHEN 'processing' THEN now() - interval '1 second' * r.v * 60
+                     ELSE r.created + interval '1 minute' * (1 + r.v * 60) END,
+       r.task_type,
+       jsonb_build_object('to', 'user' || r.i || '@example.com', 'subject', 'Reminder #' || r.i,
+                          'text', 'Hello from AT'),
+       r.status,
+       CASE r.status WHEN 'completed' THEN 1 + (r.v < 0.1)::int WHEN 'failed' THEN 3
+                     WHEN 'processing' THEN 1 ELSE 0 END,
+       3,
+       r.created,
+       r.created + interval '1 minute',
+       CASE WHEN r.status IN ('completed', 'failed') THEN r.created + interval '1 minute' * (2 + r.v * 60) END,
+       CASE WHEN r.status = 'failed' THEN 'callback answered 500 Internal Server Error' END,
+       CASE WHEN r.status = 'processing' THEN now() + interval '2 minutes' END
+FROM (
+    SELECT g.i,
+           now() - interval '2 seconds' * ({rows} - g.i) AS created,
+           random() AS v,
+           CASE WHEN g.u < 0.70 THEN 'completed' WHEN g.u < 0.80 THEN 'failed'
+                WHEN g.u < 0.85 THEN 'cancelled' WHEN g.u < 0.95 THEN 'pending'
+                ELSE 'processing' END AS status,
+           (ARRAY[{types}])[1 + floor(20 * power(random(), 2.5))::int] AS task_type
+    FROM (SELECT i, random() AS u FROM generate_series(1, {rows}) AS i) AS g
+) AS r
+ORDER BY r.i
+"""
+
+
+def load_tasks(conn: pg8000.native.Connection, rows: int) -> None:
+    """Insert `rows` tasks in the mix above (ids from the next free one on)."""
+    conn.run(LOAD_SQL.format(rows=int(rows), types=", ".join(f"'{t}'" for t in TASK_TYPES)))
+
+
+# --- the SQL variants --------------------------------------------------------------------------
+
+
+def current_sql() -> str:
+    from atcore.sql import query
+
+    return query("list_tasks")
+
+
+def not_materialized_sql() -> str:
+    """Fix A, the query alone: the CTE is read twice, so PostgreSQL materializes it (every
+    matching row, payload included, written to a temporary store) unless told not to."""
+    sql = current_sql()
+    fixed = sql.replace("WITH matching AS (", "WITH matching AS NOT MATERIALIZED (")
+    return fixed if fixed != sql else ""  # "" once the current query no longer has that shape
+
+
+def proposed_sql() -> str:
+    """Fix B: totals from the counts table (migration 0002), page ids by index-only scan."""
+    from atcore.sql import parse_queries
+
+    return parse_queries((PROPOSED / "list_tasks.sql").read_text())["list_tasks"]
+
+
+@contextmanager
+def list_sql(text: str) -> Iterator[None]:
+    """Serve list_tasks with `text` meanwhile (a prototype, without editing the layer)."""
+    from atcore import sql
+
+    queries = sql._all_queries()  # the cached dict every query() call reads
+    saved = queries["list_tasks"]
+    queries["list_tasks"] = text
+    try:
+        yield
+    finally:
+        queries["list_tasks"] = saved
+
+
+def with_literals(sql: str, params: dict[str, object]) -> str:
+    """The statement with its :params replaced by SQL literals, for EXPLAIN."""
+    return re.sub(r"(?<![:\w]):(\w+)", lambda m: pg8000.native.literal(params[m.group(1)]), sql)
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def describe(status: str | None, task_type: str | None) -> str:
+    parts = [f"status={status}"] * bool(status) + [f"task_type={task_type}"] * bool(task_type)
+    return " & ".join(parts) or "no filter"
+
+
+def list_event(status: str | None, task_type: str | None, offset: int) -> dict:
+    event = common.load_event("list_tasks")
+    query = {"limit": str(LIMIT), "offset": str(offset)}
+    if status:
+        query["status"] = status
+    if task_type:
+        query["task_type"] = task_type
+    event["queryStringParameters"] = query
+    event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()}
+    return event
+
+
+def exact_counts(conn: pg8000.native.Connection) -> dict[tuple[str | None, str | None], int]:
+    sql = (
+        "SELECT count(*) FROM scheduled_tasks WHERE (CAST(:status AS text) IS NULL OR status = :status)"
+        " AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type)"
+    )
+    return {(s, t): conn.run(sql, status=s, task_type=t)[0][0] for s, t in FILTERS}
+
+
+def time_listing(handler, counts: dict, runs: int) -> dict[tuple, dict]:
+    """p50/p95 per (status, task_type, offset), rounds interleaved; checks every answer."""
+    import json
+
+    cases = [(s, t, o) for s, t in FILTERS for o in OFFSETS]
+    events = {case: list_event(*case) for case in cases}
+    samples: dict[tuple, list[float]] = {case: [] for case in cases}
+    exact: dict[tuple, bool] = dict.fromkeys(cases, True)
+    for case in cases:  # one warm-up each (plans, caches)
+        handler(events[case], common.LambdaContext())
+    for _ in range(runs):
+        for case in cases:
+            began = time.perf_counter()
+            response = handler(events[case], common.LambdaContext())
+            samples[case].append(time.perf_counter() - began)
+            body = json.loads(response["body"])
+            total = counts[case[:2]]
+            expected_rows = max(0, min(LIMIT, total - case[2]))
+            if response["statusCode"] != 200 or body["total"] != total or len(body["tasks"]) != expected_rows:
+                exact[case] = False
+    return {case: {"p50": common.p50(v), "p95": common.p95(v), "exact": exact[case]} for case, v in samples.items()}
+
+
+def explain(conn: pg8000.native.Connection, sql: str, status: str | None, task_type: str | None) -> str:
+    params = {"status": status, "task_type": task_type, "limit": LIMIT, "offset": 0}
+    lines = [row[0] for row in conn.run("EXPLAIN (ANALYZE, BUFFERS) " + with_literals(sql, params))]
+    return trim_plan("\n".join(lines))
+
+
+# Plan lines that say little here; cost estimates go too (actual times, rows and buffers stay).
+_PLAN_NOISE = re.compile(r"^\s*(Index Searches:|Group Key:|Batches:|Heap Fetches: 0$|Sort Key:)")
+
+
+def trim_plan(plan: str) -> str:
+    kept, in_planning = [], False
+    for line in plan.splitlines():
+        in_planning = line == "Planning:" or (in_planning and line.startswith(" "))  # and its Buffers line
+        if not in_planning and not _PLAN_NOISE.match(line):
+            kept.append(re.sub(r"\(cost=[^)]*\) ", "", line))
+    return "\n".join(kept)
+
+
+def time_writes(connections: dict[str, pg8000.native.Connection], runs: int) -> dict[str, dict[str, list[float]]]:
+    """Raw SQL of the write paths that fire the proposed triggers: create, cancel, and a 500-task
+    claim + outcome batch (dispatcher and worker); the databases take turns."""
+    from atcore.sql import query
+
+    operations = ("create", "cancel", "claim 500", "record 500 outcomes")
+    samples = {name: {op: [] for op in operations} for name in connections}
+    for i in range(runs):
+        for name, conn in connections.items():
+            began = time.perf_counter()
+            task_id = conn.run(query("create_task"), execute_at="2099-01-01T00:00:00Z", task_type=TASK_TYPES[i % 20],
+                               payload='{"to": "a@example.com"}', max_attempts=3, wake_horizon_seconds=1.0)[0][0]
+            samples[name]["create"].append(time.perf_counter() - began)
+            began = time.perf_counter()
+            conn.run(query("cancel_task"), id=task_id)
+            samples[name]["cancel"].append(time.perf_counter() - began)
+            if i % 10:
+                continue
+            conn.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
+                     "SELECT now() - interval '1 second', 'send_email', '{}' FROM generate_series(1, 500)")
+            began = time.perf_counter()
+            claimed = conn.run(query("claim_due_tasks"), batch_size=500, lease_seconds=120)
+            samples[name]["claim 500"].append(time.perf_counter() - began)
+            began = time.perf_counter()
+            conn.run(query("record_outcomes"), ids=[r[0] for r in claimed], attempts=[r[3] for r in claimed],
+                     succeeded=[True] * len(claimed), errors=[None] * len(claimed),
+                     retry_in_seconds=[None] * len(claimed))
+            samples[name]["record 500 outcomes"].append(time.perf_counter() - began)
+    return samples
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def run(quick: bool = False) -> str:
+    runs = 5 if quick else RUNS
+    common.quiet_powertools()
+    with common.bench_database() as database:
+        conn = database.connect()
+        report = Report(facts=common.machine_facts(database.server_version()), where=database.where, runs=runs)
+        began = time.perf_counter()
+        load_tasks(conn, ROWS)
+        report.load_s = time.perf_counter() - began
+        began = time.perf_counter()
+        conn.run("VACUUM ANALYZE scheduled_tasks")
+        report.vacuum_s = time.perf_counter() - began
+        report.size = conn.run("SELECT pg_size_pretty(pg_total_relation_size('scheduled_tasks'))")[0][0]
+        report.statuses = conn.run("SELECT status, count(*) FROM scheduled_tasks GROUP BY 1 ORDER BY 2 DESC")
+        report.types = conn.run("SELECT task_type, count(*) FROM scheduled_tasks GROUP BY 1 ORDER BY 2 DESC")
+        report.counts = counts = exact_counts(conn)
+        handler = common.load_function("list_tasks").lambda_handler
+
+        report.results["current"] = time_listing(handler, counts, runs)
+        report.plans["current"] = {f: explain(conn, current_sql(), *f) for f in FILTERS}
+        report.load_during = common.load_average()
+        if report.missed("current"):
+            if not_materialized_sql():
+                with list_sql(not_materialized_sql()):
+                    report.results[FIX_A] = time_listing(handler, counts, runs)
+                report.plans[FIX_A] = {f: explain(conn, not_materialized_sql(), *f) for f in FILTERS}
+            with scratch_copy(database, conn) as fix:
+                fix.run((PROPOSED / "0002_scheduled_task_counts.sql").read_text())
+                fix.run("VACUUM ANALYZE")
+                with list_sql(proposed_sql()):
+                    report.results[FIX_B] = time_listing(handler, counts, runs)
+                report.plans[FIX_B] = {f: explain(fix, proposed_sql(), *f) for f in FILTERS}
+                report.load_during += f" (after the fixes: {common.load_average()})"
+                report.writes = time_writes({"0001 (now)": conn, "with 0002 (proposed)": fix}, 20 if quick else 200)
+                counted, actual = fix.run(
+                    "SELECT (SELECT sum(n) FROM scheduled_task_counts), (SELECT count(*) FROM scheduled_tasks)"
+                )[0]
+                assert counted == actual, f"the counts table says {counted}, count(*) says {actual}"
+        conn.close()
+    return report.markdown()
+
+
+FIX_A = "A: NOT MATERIALIZED"
+FIX_B = "B: counts table + index-only page"
+
+
+@contextmanager
+def scratch_copy(database: common.BenchDatabase, conn: pg8000.native.Connection) -> Iterator[pg8000.native.Connection]:
+    """A copy of the benchmark's database, which the handlers use meanwhile; dropped afterwards."""
+    from atcore import db
+
+    scratch = database.name + "_fix"
+    db.reset()  # CREATE DATABASE ... TEMPLATE wants no other session on the template
+    conn.run(f"CREATE DATABASE {scratch} TEMPLATE {database.name} STRATEGY FILE_COPY")
+    try:
+        with common.environment({"DB_NAME": scratch}):
+            fix = database.connect(scratch)
+            try:
+                yield fix
+            finally:
+                fix.close()
+    finally:
+        conn.run(f"DROP DATABASE {scratch} WITH (FORCE)")
+
+
+@dataclass
+class Report:
+    facts: str
+    where: str
+    runs: int
+    load_s: float = 0.0
+    vacuum_s: float = 0.0
+    size: str = ""
+    load_during: str = ""
+    statuses: list = field(default_factory=list)
+    types: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    results: dict[str, dict[tuple, dict]] = field(default_factory=dict)  # variant -> case -> figures
+    plans: dict[str, dict[tuple, str]] = field(default_factory=dict)  # variant -> filter -> plan
+    writes: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # schema -> operation -> samples
+
+    def missed(self, variant: str) -> bool:
+        figures = self.results[variant].items()
+        return any(not r["exact"] or (offset == 0 and r["p95"] > GOAL_P95_S) for (_, _, offset), r in figures)
+
+    def markdown(self) -> str:
+        ms = common.ms
+        (top_type, top_n), (last_type, last_n) = self.types[0], self.types[-1]
+        lines = [
+            "## Listing at scale",
+            "",
+            self.facts,
+            "",
+            f"PostgreSQL: {self.where}. {ROWS:,} tasks loaded by one `INSERT … SELECT … FROM generate_series` "
+            f"in {self.load_s:.1f} s, then `VACUUM ANALYZE` in {self.vacuum_s:.1f} s; table + indexes {self.size}. "
+            "Statuses: " + ", ".join(f"{s} {100 * n / ROWS:.0f}%" for s, n in self.statuses) + f"; {len(self.types)} "
+            f"task types, skewed ({top_type} {100 * top_n / ROWS:.0f}% … {last_type} {100 * last_n / ROWS:.0f}%).",
+            "",
+            f"Each case is `GET /api/v1/tasks?limit={LIMIT}&offset=…` through the list_tasks `lambda_handler` "
+            "(warm, its one pooled connection), all cases interleaved in rounds, "
+            f"{self.runs} runs each. *exact*: on every run `total` equalled `count(*)` and the page had the "
+            "expected number of rows. POWERTOOLS_LOG_LEVEL=WARNING, POWERTOOLS_METRICS_DISABLED=true.",
+            "",
+            f"**Goal: p95 ≤ {GOAL_P95_S * 1000:.0f} ms at offset 0 with any filter, `total` exact.** "
+            f"Load average after the runs: {self.load_during}.",
+            "",
+        ]
+        variants = list(self.results)
+        headers = ["filter", "offset", "total"]
+        for variant in variants:
+            headers += [f"{variant} p50 ms", "p95 ms"]
+        headers.append("exact")
+        rows = []
+        for status, task_type, offset in self.results["current"]:
+            row = [describe(status, task_type), f"{offset:,}", f"{self.counts[(status, task_type)]:,}"]
+            for variant in variants:
+                case = self.results[variant][(status, task_type, offset)]
+                flag = " ✗" if offset == 0 and case["p95"] > GOAL_P95_S else ""
+                row += [ms(case["p50"]), ms(case["p95"]) + flag]
+            exact = all(self.results[v][(status, task_type, offset)]["exact"] for v in variants)
+            rows.append([*row, "yes" if exact else "**no**"])
+        lines += [common.table(headers, rows), "", "✗: misses the goal (which is for offset 0 only)."]
+        if self.writes:
+            lines += ["", "What the proposed triggers cost the write paths (raw SQL on the same data, the two "
+                      "databases taking turns; p50 / p95 ms):", ""]
+            operations = list(next(iter(self.writes.values())))
+            lines.append(common.table(["operation", *self.writes], [
+                [op, *(f"{ms(common.p50(w[op]))} / {ms(common.p95(w[op]))}" for w in self.writes.values())]
+                for op in operations
+            ]))
+        lines += ["", "### Plans", "", "`EXPLAIN (ANALYZE, BUFFERS)` of the list query at offset 0, with literal "
+                  "values (cost estimates trimmed).", ""]
+        for variant, by_filter in self.plans.items():
+            for (status, task_type), plan in by_filter.items():
+                lines += [f"<details><summary>{variant}: {describe(status, task_type)}</summary>", "", "```",
+                          plan, "```", "", "</details>", ""]
+        return "\n".join(lines)
