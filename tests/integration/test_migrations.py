@@ -691,3 +691,28 @@ def test_create_task_query_wakes_the_dispatcher_only_for_tasks_due_soon(sql, dat
         assert [channel for _, channel, _ in listener.notifications] == ["at_task_due_soon"]
     finally:
         listener.close()
+
+
+def test_task_counts_follow_every_kind_of_write(sql):
+    """0002's triggers keep scheduled_task_counts equal to count(*) per (status, task_type)."""
+
+    def counts_by_table():
+        return sorted(map(tuple, sql.run(
+            "SELECT status, task_type, sum(n)::bigint FROM scheduled_task_counts "
+            "GROUP BY status, task_type HAVING sum(n) <> 0")))
+
+    def counts_by_rows():
+        return sorted(map(tuple, sql.run(
+            "SELECT status, task_type, count(*) FROM scheduled_tasks GROUP BY status, task_type")))
+
+    sql.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
+            "SELECT now() + interval '1 hour', 't' || (i % 3), '{}' FROM generate_series(1, 30) AS i")
+    assert counts_by_table() == counts_by_rows()
+    sql.run("UPDATE scheduled_tasks SET status = 'cancelled' WHERE id % 4 = 0")
+    sql.run("UPDATE scheduled_tasks SET status = 'processing', attempts = 1, "
+            "lease_expires_at = now() + interval '1 minute' WHERE id % 5 = 0 AND status = 'pending'")
+    sql.run("UPDATE scheduled_tasks SET task_type = 'renamed' WHERE id = 1")
+    sql.run("DELETE FROM scheduled_tasks WHERE id % 7 = 0")
+    assert counts_by_table() == counts_by_rows()
+    sql.run("TRUNCATE scheduled_tasks")
+    assert counts_by_table() == [] and counts_by_rows() == []

@@ -1,4 +1,4 @@
--- 0002 (proposed by devtools/bench/listing.py; not applied): exact totals for GET /api/v1/tasks without counting rows.
+-- 0002: exact totals for GET /api/v1/tasks without counting rows (see docs/BENCHMARKS.md, listing).
 -- One counter per (status, task_type), kept by statement-level triggers in the same transaction
 -- as the change, so a total read in one statement with the page is exact. Each change goes to
 -- one of 16 slots (by backend) so concurrent writers of one type rarely wait on one row.
