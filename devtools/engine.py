@@ -13,7 +13,6 @@ import queue
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from atcore import db, execution
 from atcore.dispatcher import Dispatcher
@@ -26,7 +25,10 @@ _RECORD_BATCH = 1000
 
 class LocalEngine:
     def __init__(self, workers: int = 32, max_in_flight: int = 2000) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="at-worker")
+        # Long-lived worker threads on a plain queue: an executor Future per task cost more than
+        # the queue itself, and keep-alive callback connections are cached per thread.
+        self._workers = workers
+        self._tasks: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
         self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -43,10 +45,11 @@ class LocalEngine:
         with self._lock:
             self._in_flight += len(tasks)
         for task in tasks:
-            self._pool.submit(self._run, task)
+            self._tasks.put(task)
 
-    def _run(self, task: ClaimedTask) -> None:
-        self._outcomes.put(execution.execute(task))
+    def _work_forever(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            self._outcomes.put(execution.execute(task))
 
     def _record_forever(self) -> None:
         while not (self._stopping.is_set() and self._in_flight == 0):
@@ -74,19 +77,23 @@ class LocalEngine:
             self._in_flight -= len(batch)
 
     def start(self) -> LocalEngine:
-        for target, name in ((self._dispatcher.run, "at-dispatcher"), (self._record_forever, "at-recorder")):
-            args = (lambda: not self._stopping.is_set(),) if name == "at-dispatcher" else ()
-            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        keep_running = lambda: not self._stopping.is_set()  # noqa: E731
+        threads = [threading.Thread(target=self._dispatcher.run, args=(keep_running,), name="at-dispatcher"),
+                   threading.Thread(target=self._record_forever, name="at-recorder")]
+        threads += [threading.Thread(target=self._work_forever, name=f"at-worker-{n}") for n in range(self._workers)]
+        for thread in threads:
+            thread.daemon = True
             thread.start()
-            self._threads.append(thread)
+        self._threads = threads
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop claiming, finish what was claimed, record it."""
         self._stopping.set()
+        for _ in range(self._workers):
+            self._tasks.put(None)  # each worker leaves after the tasks queued before it
         for thread in self._threads:
             thread.join(timeout)
-        self._pool.shutdown(wait=True)
 
 
 def main() -> None:

@@ -169,7 +169,8 @@ def create_over_sql(stack: Stack, tasks: int, window: float, lead: float) -> Non
     payload = json.dumps({"url": stack.sink_url, "method": "POST", "data": {"bench": True}})
     conn.run(
         "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
-        "SELECT now() + make_interval(secs => :lead + :window * i / :n), 'http_callback', CAST(:payload AS jsonb) "
+        "SELECT now() + make_interval(secs => CAST(:lead AS float8) + CAST(:window AS float8) * i / :n), "
+        "'http_callback', CAST(:payload AS jsonb) "
         "FROM generate_series(1, :n) AS i",
         lead=lead, window=window, n=tasks, payload=payload)
     conn.run("ANALYZE scheduled_tasks")

@@ -17,7 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, Field
 
 from atcore.db import Connection
-from atcore.observability import logger, metrics
+from atcore.observability import add_metric, logger
 from atcore.sql import query
 
 _ERROR_MESSAGE_LIMIT = 1000
@@ -74,7 +74,7 @@ def claim_due(conn: Connection, batch_size: int, lease_seconds: float) -> list[C
     rows = conn.run(query("claim_due_tasks"), batch_size=batch_size, lease_seconds=lease_seconds)
     tasks = sorted((_claimed(row) for row in rows), key=lambda task: task.execute_at)
     if tasks:
-        metrics.add_metric(name="TasksClaimed", unit=MetricUnit.Count, value=len(tasks))
+        add_metric("TasksClaimed", MetricUnit.Count, len(tasks))
         logger.info("Tasks claimed", extra={"task_ids": [task.id for task in tasks]})
     return tasks
 
@@ -98,7 +98,7 @@ def execute(task: ClaimedTask) -> Outcome:
 
     started = time.time()
     lateness = started - task.execute_at.timestamp()
-    metrics.add_metric(name="LatenessSeconds", unit=MetricUnit.Seconds, value=max(lateness, 0.0))
+    add_metric("LatenessSeconds", MetricUnit.Seconds, max(lateness, 0.0))
     try:
         run_executor(task.id, task.task_type, task.payload, task.attempt)
     except ExecutionError as exc:
@@ -147,7 +147,7 @@ def _count_outcomes(statuses: Any) -> None:
     for status in statuses:
         counts[names[status]] = counts.get(names[status], 0) + 1
     for name, count in counts.items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
+        add_metric(name, unit=MetricUnit.Count, value=count)
 
 
 def release_claims(conn: Connection, tasks: list[ClaimedTask]) -> int:

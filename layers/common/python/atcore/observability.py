@@ -7,6 +7,8 @@ Service name and namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRIC
 import os
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "at")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "AT")
@@ -17,3 +19,13 @@ logger = Logger()
 # call AWS patch botocore themselves (see functions/dispatcher and functions/worker).
 tracer = Tracer(auto_patch=False)
 metrics = Metrics()
+
+
+_METRICS_DISABLED = is_metrics_disabled()
+
+
+def add_metric(name: str, unit: MetricUnit, value: float) -> None:
+    """metrics.add_metric, skipped when metrics are disabled (the local run): Powertools still
+    validates and buffers every value then, which cost a tenth of the engine's CPU per task."""
+    if not _METRICS_DISABLED:
+        metrics.add_metric(name=name, unit=unit, value=value)
