@@ -2,7 +2,7 @@
 
     python -m devtools.bench                     # all of them
     python -m devtools.bench listing handlers    # some
-    python -m devtools.bench --quick listing     # fewer runs, while developing (figures not for the docs)
+    python -m devtools.bench --quick listing     # fewer runs, smaller tables: while developing, not for the docs
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ BENCHMARKS = ("handlers", "cold_start", "listing")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help="any of: " + ", ".join(BENCHMARKS))
-    parser.add_argument("--quick", action="store_true", help="fewer runs; does not write docs/BENCHMARKS.md")
+    parser.add_argument("--quick", action="store_true", help="fewer runs, smaller tables; no docs written")
     args = parser.parse_args(argv)
     if unknown := set(args.names) - set(BENCHMARKS):
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")

@@ -10,6 +10,11 @@ whether boto3/botocore are among them, and the sizes of what `sam build` package
 Goal: <= 150 ms median init per API function. When it is missed: `python -X importtime`, and
 the fixes in PROTOTYPES measured the same way on a patched copy of the layer (product code is
 not touched).
+
+The Tracer's auto-patching, which imported botocore, requests and the CRT into every API
+function (about half their init time in the first run), was fixed in commit a06d18f:
+`Tracer(auto_patch=False)` in atcore/observability.py; only the dispatcher and worker patch
+botocore. What remains of the X-Ray SDK is measured by the prototype below.
 """
 
 from __future__ import annotations
@@ -73,23 +78,26 @@ BASE_ENV = {
 }
 
 # Candidate fixes: (name, file in the layer, [(text, replacement), ...]), measured on a copy.
+# ("Tracer patches pg8000 only" was one until commit a06d18f adopted no auto-patching at all.)
 _NO_TRACER = """class _NoTracer:  # prototype: no X-Ray SDK; Lambda still traces the invocation itself
     def capture_lambda_handler(self, capture_response=True):
         return lambda handler: handler
 
+    def patch(self, modules):
+        pass
+
 
 tracer = _NoTracer()"""
 PROTOTYPES = [
-    ("Tracer patches pg8000 only", "atcore/observability.py",
-     [("tracer = Tracer()", 'tracer = Tracer(patch_modules=["pg8000"])')]),
     ("no X-Ray SDK in API functions", "atcore/observability.py",
-     [("import Logger, Metrics, Tracer", "import Logger, Metrics"), ("tracer = Tracer()", _NO_TRACER)]),
+     [("import Logger, Metrics, Tracer", "import Logger, Metrics"), ("tracer = Tracer(auto_patch=False)", _NO_TRACER)]),
 ]  # fmt: skip
 
 
 def _env(function_dir: Path, as_lambda: bool) -> dict[str, str]:
     """as_lambda: what the Lambda runtime sets, so Powertools' Tracer turns on (the template has
-    `Tracing: Active`) and patches every module X-Ray supports at import time, as on AWS."""
+    `Tracing: Active`), as on AWS. Since commit a06d18f it patches nothing at import
+    (auto_patch=False); the dispatcher and worker patch botocore themselves."""
     env = dict(BASE_ENV)
     if as_lambda:
         env |= {"LAMBDA_TASK_ROOT": str(function_dir), "AWS_LAMBDA_FUNCTION_NAME": f"at-{function_dir.name}"}
@@ -269,8 +277,9 @@ class Report:
             "per case, median and range, cases interleaved, after one unmeasured run each (.pyc written). "
             "`sys.path` starts with the function's directory and `layers/common/python`; third-party packages "
             "come from the venv. *As on Lambda*: LAMBDA_TASK_ROOT and AWS_LAMBDA_FUNCTION_NAME set, so the "
-            "Powertools Tracer is on (the template has `Tracing: Active`) and patches, at import, every module "
-            "X-Ray supports. Not included: the interpreter's start and Lambda's runtime bootstrap. Load average "
+            "Powertools Tracer is on (the template has `Tracing: Active`); since commit a06d18f it patches nothing "
+            "at import (`Tracer(auto_patch=False)`), and only the dispatcher and worker patch botocore. Not "
+            "included: the interpreter's start and Lambda's runtime bootstrap. Load average "
             f"after the runs: {self.load_during}.",
             "",
             f"**Goal: ≤ {GOAL_S * 1000:.0f} ms init per API function.**",
@@ -293,7 +302,9 @@ class Report:
             "",
             "`botocore` alone (no submodule) is Powertools' doing: `aws_lambda_powertools/shared/user_agent.py` "
             "imports it, if installed, to add its user agent; the package's `__init__` only needs the standard "
-            "library.",
+            "library. Outside Lambda (the *init ms* column) the X-Ray SDK's recorder picks its `DefaultSampler`, "
+            "whose `aws_xray_sdk/core/sampling/connector.py` imports `botocore.session`, hence the botocore "
+            "submodules there; on Lambda it uses the `LocalSampler`, which does not.",
             "",
             "### Third-party modules imported by each API function",
             "",
