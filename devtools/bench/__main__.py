@@ -12,7 +12,7 @@ import importlib
 import logging
 import time
 
-BENCHMARKS = ("handlers", "cold_start", "listing")
+BENCHMARKS = ("handlers", "cold_start", "listing", "lateness", "peer")
 
 
 def main(argv: list[str] | None = None) -> int:

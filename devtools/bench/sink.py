@@ -40,8 +40,8 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
             attempt = int(_header(head, b"x-at-attempt") or 0)
             recorder.arrivals.append((task_id, attempt, arrived))
             writer.write(_RESPONSE)
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+        pass  # the client went away, or the sink is stopping
     finally:
         writer.close()
 
