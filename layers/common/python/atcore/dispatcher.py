@@ -21,6 +21,8 @@ from atcore.repository import WAKE_HORIZON_SECONDS
 from atcore.sql import query
 
 Deliver = Callable[[list[ClaimedTask]], None]
+RECOVERY_INTERVAL_SECONDS = 1.0
+MIN_PASS_INTERVAL_SECONDS = 0.01
 
 
 class DueSoonListener:
@@ -63,11 +65,14 @@ class Dispatcher:
         # How many more tasks the deliverer can take now; claiming more would let leases run out in a queue.
         self._capacity = capacity or (lambda: self._settings.claim_batch_size)
         self._listener = DueSoonListener()
+        self._next_recovery = 0.0
 
     def run_once(self) -> float:
         """Recover expired leases, claim and deliver what is due; returns seconds to sleep."""
         with db.connection() as conn:
-            execution.recover_expired_leases(conn)
+            if time.monotonic() >= self._next_recovery:  # leases last seconds: once a second is enough
+                execution.recover_expired_leases(conn)
+                self._next_recovery = time.monotonic() + RECOVERY_INTERVAL_SECONDS
             while (room := min(self._capacity(), self._settings.claim_batch_size)) > 0:
                 tasks = execution.claim_due(conn, room, self._settings.lease_seconds)
                 if tasks:
@@ -77,7 +82,11 @@ class Dispatcher:
             else:
                 return 0.005  # the deliverer is full: look again very soon
             wake_in = execution.seconds_until_next_wake(conn)
-        return WAKE_HORIZON_SECONDS if wake_in is None else max(0.0, min(wake_in, WAKE_HORIZON_SECONDS))
+        if wake_in is None:
+            return WAKE_HORIZON_SECONDS
+        # While tasks fall due back to back, a pass per task would spend more on its three
+        # statements than on the tasks: passes are at least MIN_PASS_INTERVAL apart.
+        return max(MIN_PASS_INTERVAL_SECONDS, min(wake_in, WAKE_HORIZON_SECONDS))
 
     def run(self, keep_running: Callable[[], bool]) -> None:
         try:

@@ -24,6 +24,10 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are 
 
 def resolve_addresses(host: str, port: int) -> list[str]:
     """All addresses `host` resolves to, in the resolver's order (IP literals are returned as they are)."""
+    try:  # an IP literal needs no resolver call (a syscall per callback otherwise)
+        return [str(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        pass
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
