@@ -81,6 +81,19 @@ def invoke(function: str, event: dict[str, Any]) -> tuple[int, Any]:
         return response["statusCode"], body
 
 
+def point_database_at(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Replace every DB_* variable with env's, and forget cached settings and pooled connections."""
+    from atcore import config, db
+
+    for key in list(os.environ):
+        if key.startswith("DB_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config.database_settings.cache_clear()
+    db.reset()
+
+
 class Database:
     """Where the tests' PostgreSQL is, and admin helpers on it."""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from atcore import config, db
-from conftest import ROOT, LambdaContext, invoke_raw, load_event
+from conftest import ROOT, LambdaContext, invoke_raw, load_event, point_database_at
 from devtools.pgserver import EmbeddedPostgres
 from migrate import apply_migrations
 
@@ -55,14 +55,7 @@ def server() -> Iterator[EmbeddedPostgres]:
 
 
 def point_at(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
-    """Replace every DB_* variable with these, and forget settings and pooled connections."""
-    for key in list(os.environ):
-        if key.startswith("DB_"):
-            monkeypatch.delenv(key)
-    for key, value in variables.items():
-        monkeypatch.setenv(key, value)
-    config.database_settings.cache_clear()
-    db.reset()
+    point_database_at(monkeypatch, variables)
 
 
 @pytest.fixture

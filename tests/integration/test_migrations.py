@@ -28,7 +28,7 @@ import pytest
 import migrate
 from atcore import config, db
 from atcore.sql import _all_queries, parse_queries, query
-from conftest import ROOT, LambdaContext
+from conftest import ROOT, LambdaContext, point_database_at
 
 ALL_VERSIONS = [path.stem for path in migrate.migration_files()]
 TABLE = "scheduled_tasks"
@@ -65,16 +65,7 @@ def conn_to(database_server) -> Iterator:
 @pytest.fixture
 def db_env(monkeypatch):
     """db_env(env) points atcore.config at env (DB_* only, others removed); caches are reset around."""
-    def point(env: dict[str, str]) -> None:
-        for key in list(os.environ):
-            if key.startswith("DB_"):
-                monkeypatch.delenv(key)
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        config.database_settings.cache_clear()
-        db.reset()
-
-    yield point
+    yield lambda env: point_database_at(monkeypatch, env)
     config.database_settings.cache_clear()
     db.reset()
 
