@@ -219,3 +219,44 @@ def test_pending_tasks_are_not_claimed_early(sql):
     with db.connection() as conn:
         assert execution.claim_due(conn, batch_size=10, lease_seconds=60) == []
         assert 4 < execution.seconds_until_next_wake(conn) <= 5
+
+
+def test_engine_process_killed_mid_batch_every_task_ends_once_after_its_lease(sql):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    hold = threading.Event()
+
+    def slow_first_attempts(_task, attempt):
+        if attempt == 1:
+            hold.wait(10)  # the first engine dies while these callbacks are in flight
+        return 200
+
+    with HttpSink(slow_first_attempts) as sink:
+        insert_due_tasks(sql, 20, "http_callback", {"url": sink.url})
+        # GIVEN an engine process that claimed the batch (2 s leases) and is mid-callback
+        env = os.environ | {"AT_LEASE_SECONDS": "2", "AT_HTTP_ALLOW_PRIVATE": "1", "POWERTOOLS_LOG_LEVEL": "WARNING",
+                            "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "common" / "python"), str(ROOT)])}
+        engine = subprocess.Popen([sys.executable, "-m", "devtools.engine"], cwd=ROOT, env=env)
+        try:
+            wait_for(lambda: len(sink.arrivals) >= 20, timeout=20)
+            assert sql.run("SELECT count(*) FROM scheduled_tasks WHERE status = 'processing'") == [[20]]
+        finally:
+            # WHEN it is killed without a chance to report
+            engine.send_signal(signal.SIGKILL)
+            engine.wait(10)
+        hold.set()
+        # THEN a new engine retries each task after its lease, and each ends completed exactly once
+        running = LocalEngine(workers=4).start()
+        try:
+            wait_for(lambda: sql.run("SELECT count(*) FROM scheduled_tasks WHERE status = 'completed'") == [[20]],
+                     timeout=20)
+        finally:
+            running.stop()
+        second_attempts = [a for a in sink.arrivals if a.attempt == 2]
+    assert sql.run("SELECT DISTINCT status, attempts FROM scheduled_tasks") == [["completed", 2]]
+    assert sorted(a.task_id for a in second_attempts) == list(range(1, 21))
