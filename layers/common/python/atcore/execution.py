@@ -16,7 +16,10 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, Field
 
+from atcore import db
 from atcore.db import Connection
+from atcore.executors import ExecutionError
+from atcore.executors import execute as run_executor
 from atcore.observability import add_metric, logger
 from atcore.sql import query
 
@@ -93,9 +96,6 @@ def backoff_seconds(attempt: int, settings: ExecutionSettings) -> float:
 
 def execute(task: ClaimedTask) -> Outcome:
     """Run one attempt; never raises. Retry decisions beyond `retryable` are the database's."""
-    from atcore.executors import ExecutionError
-    from atcore.executors import execute as run_executor
-
     started = time.time()
     lateness = started - task.execute_at.timestamp()
     add_metric("LatenessSeconds", MetricUnit.Seconds, max(lateness, 0.0))
@@ -176,8 +176,6 @@ def oldest_due_age_seconds(conn: Connection) -> float:
 def run_attempt(task_id: int, attempt: int) -> str | None:
     """Execute the attempt a queue message names and record its outcome (the AWS worker's job).
     Returns the task's new status, or None when the attempt was no longer current."""
-    from atcore import db
-
     with db.connection() as conn:
         task = load_claimed(conn, task_id, attempt)
     if task is None:
