@@ -1,5 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Everything else is optional.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Python 3.13 (Lambda's runtime): python3.13 on PATH, else pyenv's 3.13, else python3 if it is 3.13+.
+PYTHON ?= $(shell for p in python3.13 $$(ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/3.13*/bin/python3.13 2>/dev/null) python3; do \
+	"$$p" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 13))' 2>/dev/null && { command -v "$$p"; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Re-install when a requirements file changes.
@@ -10,7 +12,8 @@ export AWS_DEFAULT_REGION ?= us-east-1
 .PHONY: run test test-unit fuzz openapi lint validate build migrate bench clean
 
 $(READY): requirements-dev.txt layers/common/requirements.txt
-	$(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "AT needs Python 3.13 (python3.13 on PATH, or PYTHON=/path/to/python3.13)" >&2; exit 1; }
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 

@@ -124,7 +124,7 @@ def test_bad_create_events_get_400_and_change_nothing(sql, event_name, message):
         ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": "\\u0000"}', "NUL"),
         ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": "\\ud800"}', "lone surrogates"),
         ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": ' + "[" * 5000 + "]" * 5000 + "}",
-         "nested too deeply"),
+         "nested"),  # Python 3.13's parser takes 5,000 levels; the depth rule then refuses them
         ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": ' + "9" * 5000 + "}", "not valid JSON"),
         ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": 1, "max_attempts": true}',
          "max_attempts must be an integer"),

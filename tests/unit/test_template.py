@@ -153,9 +153,9 @@ def test_common_layer_is_built_by_its_makefile_for_x86_64() -> None:
     assert layer["Metadata"]["BuildMethod"] == "makefile"
     assert re.search(r"^build-CommonLayer:", (content / "Makefile").read_text(encoding="utf-8"), re.MULTILINE)
     assert layer["Properties"]["CompatibleArchitectures"] == ["x86_64"]
-    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.11"]
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
     assert all(prop(f, "Architectures") == ["x86_64"] for f in FUNCTIONS)
-    assert all(prop(f, "Runtime") == "python3.11" for f in FUNCTIONS)
+    assert all(prop(f, "Runtime") == "python3.13" for f in FUNCTIONS)
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))

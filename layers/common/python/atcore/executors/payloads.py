@@ -8,13 +8,11 @@ the task's owner sees.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ExecutionError
-
-Model = TypeVar("Model", bound=BaseModel)
 
 # Strict: JSON `true` is not an integer and `5` is not a string. Unknown fields are ignored, as the
 # original service ignored them (its clients may carry extra metadata in payloads).
@@ -47,7 +45,7 @@ def payload_error(field: str | None, message: str) -> ExecutionError:
     return ExecutionError(f"{where}: {message}", retryable=False)
 
 
-def parse_payload(model: type[Model], payload: object) -> Model:
+def parse_payload[Model: BaseModel](model: type[Model], payload: object) -> Model:
     if not isinstance(payload, dict):
         raise payload_error(None, "must be a JSON object")
     try:
