@@ -1,7 +1,8 @@
 """The local run's execution engine: the layer's dispatcher loop feeding in-process workers.
 
-Same claims, executors and outcome SQL as on AWS; the SQS queue is replaced by a thread pool,
-and outcomes are written in batches by one recorder thread (one statement per batch).
+The same executors, outcome SQL and lease recovery as on AWS. Instead of handing tasks to SQS
+and letting the worker start them, it claims and starts attempts in one statement, as many as it
+has idle worker threads; outcomes are written in batches by one recorder thread.
 `python -m devtools.engine` runs one engine process; `make run` starts AT_DISPATCHERS of them.
 """
 
@@ -13,6 +14,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Sequence
 
 from atcore import db, execution
 from atcore.dispatcher import Dispatcher
@@ -24,35 +26,49 @@ _RECORD_BATCH = 1000
 
 
 class LocalEngine:
-    def __init__(self, workers: int = 32, max_in_flight: int = 2000) -> None:
+    """An outlet for the layer's Dispatcher: it claims (and starts) only as many tasks as it has idle
+    workers, so an attempt's lease measures its execution, never a wait in this process's queue."""
+
+    full_wait_seconds = 0.005  # a worker frees up within milliseconds when callbacks are fast
+
+    def __init__(self, workers: int = 32, max_unrecorded: int = 2000) -> None:
         # Long-lived worker threads on a plain queue: an executor Future per task cost more than
         # the queue itself, and keep-alive callback connections are cached per thread.
         self._workers = workers
         self._tasks: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
         self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-        self._in_flight = 0
+        self._unexecuted = 0  # claimed, not yet executed
+        self._unrecorded = 0  # claimed, outcome not yet written
         self._lock = threading.Lock()
-        self._max_in_flight = max_in_flight
+        self._max_unrecorded = max_unrecorded
         self._stopping = threading.Event()
-        self._dispatcher = Dispatcher(self._submit, capacity=self._room)
+        self._dispatcher = Dispatcher(self)
         self._threads: list[threading.Thread] = []
 
-    def _room(self) -> int:
+    def room(self, _conn: object = None) -> int:
         with self._lock:
-            return self._max_in_flight - self._in_flight
+            return min(self._workers - self._unexecuted, self._max_unrecorded - self._unrecorded)
 
-    def _submit(self, tasks: list[ClaimedTask]) -> None:
+    def claim(self, conn: db.Connection, limit: int) -> list[ClaimedTask]:
+        return execution.claim_due(conn, limit, execution.execution_settings().lease_seconds)
+
+    def deliver(self, tasks: Sequence[object]) -> None:
         with self._lock:
-            self._in_flight += len(tasks)
+            self._unexecuted += len(tasks)
+            self._unrecorded += len(tasks)
         for task in tasks:
+            assert isinstance(task, ClaimedTask)
             self._tasks.put(task)
 
     def _work_forever(self) -> None:
         while (task := self._tasks.get()) is not None:
-            self._outcomes.put(execution.execute(task))
+            outcome = execution.execute(task)
+            with self._lock:
+                self._unexecuted -= 1
+            self._outcomes.put(outcome)
 
     def _record_forever(self) -> None:
-        while not (self._stopping.is_set() and self._in_flight == 0):
+        while not (self._stopping.is_set() and self._unrecorded == 0):
             try:
                 batch = [self._outcomes.get(timeout=0.1)]
             except queue.Empty:
@@ -74,7 +90,7 @@ class LocalEngine:
                 logger.warning("Cannot record outcomes yet; retrying", extra={"count": len(batch)})
                 time.sleep(0.5)
         with self._lock:
-            self._in_flight -= len(batch)
+            self._unrecorded -= len(batch)
 
     def start(self) -> LocalEngine:
         keep_running = lambda: not self._stopping.is_set()  # noqa: E731

@@ -24,6 +24,7 @@ import pytest
 from atcore import config, db, execution, service
 from atcore.executors import aws, http_transport
 from atcore.models import CreateTaskRequest
+from atcore.task_queue import TaskQueueOutlet
 from conftest import LambdaContext, load_event, load_function
 from devtools.make_events import sqs_record
 from http_sink import HttpSink
@@ -31,6 +32,7 @@ from http_sink import HttpSink
 SENDER = "at@example.com"
 RUN_SECONDS = 1.5
 LEASE_SECONDS = 120.0  # ExecutionSettings' default
+HANDOFF_SECONDS = 60.0  # ExecutionSettings' default
 
 
 class LongRunningContext(LambdaContext):
@@ -38,6 +40,13 @@ class LongRunningContext(LambdaContext):
 
     def get_remaining_time_in_millis(self) -> int:
         return 300_000
+
+
+class WorkerContext(LambdaContext):
+    """A fresh worker invocation: the WorkerFunction's 60 s timeout ahead."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
 
 
 class NearlyTimedOutContext(LambdaContext):
@@ -52,7 +61,7 @@ class NearlyTimedOutContext(LambdaContext):
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[None]:
     for name in ("AT_AWS_DELIVERY", "AT_EMAIL_FROM", "AT_SQS_DEFAULT_QUEUE_URL", "AT_LEASE_SECONDS",
-                 "AT_CLAIM_BATCH_SIZE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SES", "AWS_ENDPOINT_URL_SESV2",
+                 "AT_CLAIM_BATCH_SIZE", "AT_HANDOFF_SECONDS", "AT_WORKER_MAX_CONCURRENCY", "AT_WORKER_BATCH_SIZE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SES", "AWS_ENDPOINT_URL_SESV2",
                  "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE", "TASK_QUEUE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
@@ -87,11 +96,8 @@ class Queue:
 
 @pytest.fixture
 def dispatcher(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    app = load_function("dispatcher")
-    # RUN_SECONDS is read from AT_DISPATCH_RUN_SECONDS when the module is imported (once per test run).
-    monkeypatch.setattr(app, "RUN_SECONDS", RUN_SECONDS)
-    monkeypatch.setattr(app, "_sqs", None)  # a client made inside one moto mock must not serve the next
-    return app
+    monkeypatch.setenv("AT_DISPATCH_RUN_SECONDS", str(RUN_SECONDS))
+    return load_function("dispatcher")
 
 
 @pytest.fixture
@@ -134,13 +140,20 @@ def insert_task(sql, *, in_seconds: float, task_type: str = "http_callback", pay
 
 def task_row(sql, task_id: int) -> dict:
     columns = ("status", "attempts", "error_message", "completed_at", "lease_expires_at", "lease_seconds",
-               "retry_in_seconds")
+               "retry_in_seconds", "queued_seconds")
     row = sql.run(
         "SELECT status, attempts, error_message, completed_at, lease_expires_at, "
         "       EXTRACT(EPOCH FROM lease_expires_at - updated_at)::float8, "
-        "       EXTRACT(EPOCH FROM execute_at - updated_at)::float8 "
+        "       EXTRACT(EPOCH FROM execute_at - updated_at)::float8, "
+        "       EXTRACT(EPOCH FROM queued_until - now())::float8 "
         "FROM scheduled_tasks WHERE id = :id", id=task_id)[0]
     return dict(zip(columns, row))
+
+
+def queued(row: dict) -> bool:
+    """Handed to the queue: still pending, no attempt counted, no lease, reserved for a while."""
+    return (row["status"], row["attempts"], row["lease_expires_at"]) == ("pending", 0, None) and (
+        0 < row["queued_seconds"] <= HANDOFF_SECONDS)
 
 
 def run_dispatcher(dispatcher: ModuleType, context: LambdaContext | None = None) -> tuple[dict, float]:
@@ -149,11 +162,12 @@ def run_dispatcher(dispatcher: ModuleType, context: LambdaContext | None = None)
     return result, time.monotonic() - started
 
 
-def dispatch_due(dispatcher: ModuleType) -> None:
-    """One dispatcher pass without the minute-long loop: claim what is due, send it with the function's sender."""
+def dispatch_due() -> None:
+    """One dispatcher pass without the minute-long loop: hand over what is due, send it as the function does."""
+    outlet = TaskQueueOutlet(execution.execution_settings())
     with db.connection() as conn:
-        tasks = execution.claim_due(conn, 100, LEASE_SECONDS)
-    dispatcher.send_to_queue(tasks)
+        refs = outlet.claim(conn, 100)
+    outlet.deliver(refs)
 
 
 def worker_event(queue: Queue, messages: list[dict]) -> dict:
@@ -190,10 +204,8 @@ def test_dispatcher_queues_each_due_task_once_and_leaves_future_ones_pending(sql
     # It keeps polling for RUN_SECONDS (the next minute's invocation takes over), then returns.
     assert RUN_SECONDS <= elapsed < RUN_SECONDS + 1.5, elapsed
     assert result["ran_seconds"] >= RUN_SECONDS
-    for task_id in due:
-        row = task_row(sql, task_id)
-        assert (row["status"], row["attempts"]) == ("processing", 1)
-        assert row["lease_seconds"] == pytest.approx(LEASE_SECONDS)
+    for task_id in due:  # handed over, not started: the worker starts them
+        assert queued(task_row(sql, task_id))
     row = task_row(sql, future)
     assert (row["status"], row["attempts"], row["lease_expires_at"]) == ("pending", 0, None)
     messages = queue.receive_all()
@@ -224,12 +236,12 @@ def test_dispatcher_sends_a_task_that_falls_due_during_its_run_within_the_second
     # which then slept exactly until the task was due. Never early: PostgreSQL's now() decides.
     lateness_ms = int(message["Attributes"]["SentTimestamp"]) - execute_at.timestamp() * 1000
     assert -5 <= lateness_ms < 250, lateness_ms  # SentTimestamp is whole milliseconds
-    assert task_row(sql, task_id)["status"] == "processing"
+    assert queued(task_row(sql, task_id))
 
 
 def test_dispatcher_sends_25_due_tasks_in_batches_of_at_most_10(sql, queue, dispatcher, monkeypatch) -> None:
     due = [insert_task(sql, in_seconds=-1) for _ in range(25)]
-    client = dispatcher._queue()
+    client = aws.client("sqs")
     batch_sizes: list[int] = []
     send_message_batch = client.send_message_batch
 
@@ -244,7 +256,8 @@ def test_dispatcher_sends_25_due_tasks_in_batches_of_at_most_10(sql, queue, disp
     bodies = [json.loads(m["Body"]) for m in queue.receive_all()]
     assert len(bodies) == 25
     assert sorted(body["id"] for body in bodies) == due and {body["attempt"] for body in bodies} == {1}
-    assert sql.run("SELECT status, attempts, count(*) FROM scheduled_tasks GROUP BY 1, 2") == [["processing", 1, 25]]
+    assert sql.run("SELECT status, attempts, queued_until IS NOT NULL, count(*) FROM scheduled_tasks GROUP BY 1, 2, 3"
+                   ) == [["pending", 0, True, 25]]
 
 
 def test_dispatcher_claims_nothing_when_the_invocation_is_about_to_time_out(sql, queue, dispatcher) -> None:
@@ -265,13 +278,14 @@ def test_dispatcher_gives_back_claims_the_queue_refused(sql, queue, dispatcher, 
         def send_message_batch(self, **_kwargs):
             raise ConnectionError("queue unreachable")
 
-    monkeypatch.setattr(dispatcher, "_queue", lambda: FailingQueue())
-    # WHEN the dispatcher claims and tries to send them
-    dispatch_due(dispatcher)
-    # THEN they are pending again at once, the attempt not counted, and nothing was queued
+    monkeypatch.setattr(aws, "client", lambda _service: FailingQueue())
+    # WHEN the dispatcher hands them over and tries to send them
+    dispatch_due()
+    # THEN they are free for the next pass at once, no attempt counted, and nothing was queued
     for task_id in ids:
         row = task_row(sql, task_id)
-        assert (row["status"], row["attempts"], row["lease_expires_at"]) == ("pending", 0, None)
+        assert (row["status"], row["attempts"], row["lease_expires_at"], row["queued_seconds"]) == (
+            "pending", 0, None, None)
     assert queue.receive_all() == []
 
 
@@ -299,11 +313,11 @@ def test_worker_runs_queued_callbacks_and_email_and_completes_them(sql, queue, d
         callbacks = [insert_task(sql, in_seconds=-1, payload=callback(sink.url)) for _ in range(2)]
         email = insert_task(sql, in_seconds=-1, task_type="send_email",
                             payload={"to": "ann@example.com", "subject": "Reminder", "text": "It is time."})
-        dispatch_due(dispatcher)
+        dispatch_due()
         messages = queue.receive_all()
         assert len(messages) == 3
 
-        response = worker.lambda_handler(worker_event(queue, messages), LambdaContext())
+        response = worker.lambda_handler(worker_event(queue, messages), WorkerContext())
         arrivals = sink.by_task()
 
     assert response == {"batchItemFailures": []}
@@ -327,8 +341,8 @@ def test_worker_runs_the_committed_sample_event(sql, queue, worker) -> None:
         ids = [insert_task(sql, in_seconds=-1, payload=callback(sink.url)) for _ in range(2)]
         assert ids == [1, 2]  # the sample event's ids (the `sql` fixture restarts the identity)
         with db.connection() as conn:
-            execution.claim_due(conn, 10, LEASE_SECONDS)
-        response = worker.lambda_handler(load_event("worker"), LambdaContext())
+            execution.hand_over_due(conn, 10, HANDOFF_SECONDS)
+        response = worker.lambda_handler(load_event("worker"), WorkerContext())
         assert {task_id: len(arrivals) for task_id, arrivals in sink.by_task().items()} == {1: 1, 2: 1}
     assert response == {"batchItemFailures": []}
     assert [task_row(sql, task_id)["status"] for task_id in ids] == ["completed", "completed"]
@@ -337,39 +351,39 @@ def test_worker_runs_the_committed_sample_event(sql, queue, worker) -> None:
 def test_worker_skips_attempts_that_are_no_longer_current(sql, queue, dispatcher, worker) -> None:
     with HttpSink() as sink:
         cancelled = insert_task(sql, in_seconds=-1, payload=callback(sink.url))
-        superseded = insert_task(sql, in_seconds=-1, payload=callback(sink.url))
-        dispatch_due(dispatcher)
-        messages = queue.receive_all()  # both for attempt 1
+        started = insert_task(sql, in_seconds=-1, payload=callback(sink.url))
+        rescheduled = insert_task(sql, in_seconds=-1, payload=callback(sink.url))
+        dispatch_due()
+        messages = queue.receive_all()  # all for attempt 1
         service.cancel_task(cancelled)
-        # The other one's worker was presumed dead: its lease expired and attempt 2 was claimed.
-        sql.run("UPDATE scheduled_tasks SET lease_expires_at = now() - interval '1 second' WHERE id = :id",
-                id=superseded)
+        # Another delivery of the same message already started it; and the third was moved to later
+        # (a reschedule clears the hand-off; the next one's message will carry its new due time).
         with db.connection() as conn:
-            execution.recover_expired_leases(conn)
-            [reclaimed] = execution.claim_due(conn, 10, LEASE_SECONDS)
-        assert (reclaimed.id, reclaimed.attempt) == (superseded, 2)
-        before = {task_id: task_row(sql, task_id) for task_id in (cancelled, superseded)}
+            execution.start_attempts(conn, [execution.AttemptRef(id=started, attempt=1)], LEASE_SECONDS)
+        sql.run("UPDATE scheduled_tasks SET execute_at = now() + interval '1 hour' WHERE id = :id", id=rescheduled)
+        before = {task_id: task_row(sql, task_id) for task_id in (cancelled, started, rescheduled)}
 
-        response = worker.lambda_handler(worker_event(queue, messages), LambdaContext())
-        time.sleep(0.1)
+        response = worker.lambda_handler(worker_event(queue, messages), WorkerContext())
         assert sink.arrivals == []  # nothing executed
 
     assert response == {"batchItemFailures": []}  # skipping is a success: SQS must not redeliver
-    after = {task_id: task_row(sql, task_id) for task_id in (cancelled, superseded)}
-    assert after == before
-    assert (after[cancelled]["status"], after[superseded]["status"]) == ("cancelled", "processing")
-    assert after[superseded]["attempts"] == 2
+    after = {task_id: task_row(sql, task_id) for task_id in (cancelled, started, rescheduled)}
+    for task_id in (cancelled, started, rescheduled):
+        assert {k: v for k, v in after[task_id].items() if k != "queued_seconds"} == {
+            k: v for k, v in before[task_id].items() if k != "queued_seconds"}
+    assert [after[t]["status"] for t in (cancelled, started, rescheduled)] == ["cancelled", "processing", "pending"]
+    assert after[started]["attempts"] == 1
 
 
 def test_worker_reports_malformed_messages_as_batch_failures(sql, queue, dispatcher, worker) -> None:
     with HttpSink() as sink:
         task_id = insert_task(sql, in_seconds=-1, payload=callback(sink.url))
-        dispatch_due(dispatcher)
+        dispatch_due()
         queue.send_raw("this is not JSON")
         queue.send_raw('{"attempt": 1}')
         messages = queue.receive_all()
 
-        response = worker.lambda_handler(worker_event(queue, messages), LambdaContext())
+        response = worker.lambda_handler(worker_event(queue, messages), WorkerContext())
         assert len(sink.by_task()[task_id]) == 1
 
     failed = sorted(failure["itemIdentifier"] for failure in response["batchItemFailures"])
@@ -383,8 +397,8 @@ def test_failed_callbacks_are_outcomes_not_batch_failures(sql, queue, dispatcher
         retried = insert_task(sql, in_seconds=-1, payload=callback(sink.url), max_attempts=3)
         rejected = insert_task(sql, in_seconds=-1, payload=callback(sink.url), max_attempts=3)
         assert retried == 1
-        dispatch_due(dispatcher)
-        response = worker.lambda_handler(worker_event(queue, queue.receive_all()), LambdaContext())
+        dispatch_due()
+        response = worker.lambda_handler(worker_event(queue, queue.receive_all()), WorkerContext())
         assert {task_id: len(arrivals) for task_id, arrivals in sink.by_task().items()} == {retried: 1, rejected: 1}
 
     assert response == {"batchItemFailures": []}
@@ -420,22 +434,84 @@ def database_unreachable() -> Iterator[None]:
 def test_worker_reports_every_record_when_the_database_is_unreachable(sql, queue, dispatcher, worker) -> None:
     with HttpSink() as sink:
         ids = [insert_task(sql, in_seconds=-1, payload=callback(sink.url)) for _ in range(2)]
-        dispatch_due(dispatcher)
+        dispatch_due()
         messages = queue.receive_all()
         event = worker_event(queue, messages)
 
         with database_unreachable():
-            response = worker.lambda_handler(event, LambdaContext())
+            response = worker.lambda_handler(event, WorkerContext())
         assert sink.arrivals == []
 
-        # Every message goes back to SQS; the tasks are untouched, their leases still held ...
+        # Every message goes back to SQS; the tasks are untouched, still handed over and not started ...
         failed = sorted(failure["itemIdentifier"] for failure in response["batchItemFailures"])
         assert failed == sorted(m["MessageId"] for m in messages)
-        assert [(task_row(sql, t)["status"], task_row(sql, t)["attempts"]) for t in ids] == [("processing", 1)] * 2
+        assert all(queued(task_row(sql, t)) for t in ids)
 
         # ... so SQS's redelivery (once the database is back) runs them.
         for record in event["Records"]:
             record["attributes"]["ApproximateReceiveCount"] = "2"
-        assert worker.lambda_handler(event, LambdaContext()) == {"batchItemFailures": []}
+        assert worker.lambda_handler(event, WorkerContext()) == {"batchItemFailures": []}
         assert {task_id: len(arrivals) for task_id, arrivals in sink.by_task().items()} == {1: 1, 2: 1}
     assert [task_row(sql, t)["status"] for t in ids] == ["completed", "completed"]
+
+
+# --- waiting is not failing: backpressure, hand-offs, one winner per attempt ----------------------
+
+def test_dispatcher_keeps_at_most_two_batches_per_worker_in_the_queue(sql, queue, dispatcher, monkeypatch) -> None:
+    # GIVEN one worker of batch 5 (so room for 10 in the queue) and 30 due tasks, and no worker running
+    monkeypatch.setenv("AT_WORKER_MAX_CONCURRENCY", "1")
+    monkeypatch.setenv("AT_WORKER_BATCH_SIZE", "5")
+    execution.execution_settings.cache_clear()
+    ids = [insert_task(sql, in_seconds=-30 + n, max_attempts=1) for n in range(30)]
+    # WHEN the dispatcher runs for a while
+    run_dispatcher(dispatcher)
+    # THEN only the 10 oldest due are in the queue; the rest wait in the table; nothing started
+    bodies = [json.loads(m["Body"]) for m in queue.receive_all()]
+    assert sorted(body["id"] for body in bodies) == ids[:10]
+    assert all(queued(task_row(sql, task_id)) for task_id in ids[:10])
+    for task_id in ids[10:]:
+        row = task_row(sql, task_id)
+        assert (row["status"], row["attempts"], row["queued_seconds"]) == ("pending", 0, None)
+
+
+def test_a_hand_off_that_expired_is_sent_again_and_the_attempt_still_runs_once(sql, queue, worker,
+                                                                              monkeypatch) -> None:
+    monkeypatch.setenv("AT_HANDOFF_SECONDS", "0.3")
+    execution.execution_settings.cache_clear()
+    with HttpSink() as sink:
+        task_id = insert_task(sql, in_seconds=-1, payload=callback(sink.url), max_attempts=1)
+        # GIVEN a message that did not start its task in time (a slow queue, a lost worker)
+        dispatch_due()
+        time.sleep(0.5)
+        with db.connection() as conn:
+            assert execution.recover_expired_handoffs(conn) == [task_id]
+        # WHEN the task is handed over again, and then both messages arrive
+        dispatch_due()
+        messages = queue.receive_all()
+        assert [json.loads(m["Body"]) for m in messages] == [{"id": task_id, "attempt": 1}] * 2
+        response = worker.lambda_handler(worker_event(queue, messages), WorkerContext())
+        arrivals = sink.by_task()
+    # THEN it ran once, attempt 1, and both messages are done
+    assert response == {"batchItemFailures": []}
+    assert [a.attempt for a in arrivals[task_id]] == [1]
+    assert (task_row(sql, task_id)["status"], task_row(sql, task_id)["attempts"]) == ("completed", 1)
+
+
+class ShortOnTimeWorkerContext(LambdaContext):
+    """A worker invocation with less time left than one attempt and its recording need."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 5_000
+
+
+def test_a_worker_without_time_for_an_attempt_gives_the_tasks_back_unstarted(sql, queue, worker) -> None:
+    with HttpSink() as sink:
+        ids = [insert_task(sql, in_seconds=-1, payload=callback(sink.url), max_attempts=1) for _ in range(2)]
+        dispatch_due()
+        response = worker.lambda_handler(worker_event(queue, queue.receive_all()), ShortOnTimeWorkerContext())
+        assert sink.arrivals == []
+    # The messages are done (no 6-minute visibility timeout); the next dispatcher pass sends them again.
+    assert response == {"batchItemFailures": []}
+    for task_id in ids:
+        row = task_row(sql, task_id)
+        assert (row["status"], row["attempts"], row["queued_seconds"]) == ("pending", 0, None)

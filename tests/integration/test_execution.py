@@ -93,15 +93,26 @@ def test_four_dispatchers_racing_claim_each_task_exactly_once(sql):
     claimed: list[int] = []
     lock = threading.Lock()
 
-    def deliver(tasks):
-        with lock:
-            claimed.extend(task.id for task in tasks)
-        with db.connection() as conn:  # report success so the rows leave 'processing'
-            execution.record_outcomes(conn, [execution.Outcome(task_id=t.id, attempt=t.attempt, succeeded=True)
-                                             for t in tasks])
+    class RecordingOutlet:
+        """Takes whatever is claimed and reports it done, so the rows leave 'processing'."""
+
+        full_wait_seconds = 0.005
+
+        def room(self, _conn):
+            return 250
+
+        def claim(self, conn, limit):
+            return execution.claim_due(conn, limit, lease_seconds=60)
+
+        def deliver(self, tasks):
+            with lock:
+                claimed.extend(task.id for task in tasks)
+            with db.connection() as conn:
+                execution.record_outcomes(conn, [execution.Outcome(task_id=t.id, attempt=t.attempt, succeeded=True)
+                                                 for t in tasks])
 
     settings = execution.ExecutionSettings(claim_batch_size=250)
-    dispatchers = [Dispatcher(deliver, settings) for _ in range(4)]
+    dispatchers = [Dispatcher(RecordingOutlet(), settings) for _ in range(4)]
     start = threading.Barrier(4)
 
     def race(dispatcher):
@@ -261,3 +272,28 @@ def test_engine_process_killed_mid_batch_every_task_ends_once_after_its_lease(sq
         second_attempts = [a for a in sink.arrivals if a.attempt == 2]
     assert sql.run("SELECT DISTINCT status, attempts FROM scheduled_tasks") == [["completed", 2]]
     assert sorted(a.task_id for a in second_attempts) == list(range(1, 21))
+
+
+def test_local_engine_with_a_backlog_longer_than_the_lease_fails_nothing(sql, monkeypatch):
+    # GIVEN 2 workers, 1 s leases, and 20 one-attempt tasks whose callbacks take 0.3 s (3 s of work)
+    monkeypatch.setenv("AT_LEASE_SECONDS", "1")
+    execution.execution_settings.cache_clear()
+
+    def slow(_task, _attempt):
+        time.sleep(0.3)
+        return 200
+
+    with HttpSink(slow) as sink:
+        insert_due_tasks(sql, 20, "http_callback", {"url": sink.url})
+        sql.run("UPDATE scheduled_tasks SET max_attempts = 1")
+        # WHEN the engine works through them
+        running = LocalEngine(workers=2).start()
+        try:
+            wait_for(lambda: sql.run("SELECT count(*) FROM scheduled_tasks WHERE status IN ('completed', 'failed')"
+                                     ) == [[20]], timeout=30)
+        finally:
+            running.stop()
+        arrivals = sink.by_task()
+    # THEN waiting for a free worker cost no task its lease: each ran once and completed
+    assert sql.run("SELECT status, attempts, count(*) FROM scheduled_tasks GROUP BY 1, 2") == [["completed", 1, 20]]
+    assert sorted(len(a) for a in arrivals.values()) == [1] * 20

@@ -140,11 +140,13 @@ EXPECTED_COLUMNS = {
     "completed_at": ("timestamp with time zone", "YES", None, None),
     "error_message": ("text", "YES", None, None),
     "lease_expires_at": ("timestamp with time zone", "YES", None, None),
+    "queued_until": ("timestamp with time zone", "YES", None, None),
 }
 
 EXPECTED_INDEXES = {
     "scheduled_tasks_pkey": "UNIQUE INDEX scheduled_tasks_pkey ON public.scheduled_tasks USING btree (id)",
-    "scheduled_tasks_due_idx": "USING btree (execute_at) WHERE (status = 'pending'::text)",
+    "scheduled_tasks_due_idx": "USING btree (execute_at) WHERE ((status = 'pending'::text) AND (queued_until IS NULL))",
+    "scheduled_tasks_queued_idx": "USING btree (queued_until) WHERE (queued_until IS NOT NULL)",
     "scheduled_tasks_lease_idx": "USING btree (lease_expires_at) WHERE (status = 'processing'::text)",
     "scheduled_tasks_status_id_idx": "USING btree (status, id)",
     "scheduled_tasks_type_id_idx": "USING btree (task_type, id)",
@@ -161,6 +163,7 @@ EXPECTED_CHECKS = {
     "completed_at_iff_finished": ["completed_at IS NOT NULL", "'completed'", "'failed'"],
     "lease_iff_processing": ["lease_expires_at IS NOT NULL", "'processing'"],
     "processing_has_attempt": ["status <> 'processing'", "attempts >= 1"],
+    "queued_only_while_pending": ["queued_until IS NULL", "'pending'"],
 }
 
 
@@ -420,7 +423,7 @@ def test_send_cfn_response_puts_the_documented_body(monkeypatch):
 
 VALID = {
     "execute_at": "now()", "task_type": "'t'", "payload": "'{}'::jsonb", "status": "'pending'", "attempts": "0",
-    "max_attempts": "3", "completed_at": "NULL", "lease_expires_at": "NULL",
+    "max_attempts": "3", "completed_at": "NULL", "lease_expires_at": "NULL", "queued_until": "NULL",
 }  # fmt: skip
 
 
@@ -442,6 +445,7 @@ def insert_sql(**overrides: str) -> str:
         {"status": "'failed'", "attempts": "3", "completed_at": "now()"},
         {"status": "'cancelled'"},
         {"task_type": "'" + "x" * 50 + "'"},
+        {"queued_until": "now()"},
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults",
 )
@@ -468,6 +472,9 @@ def test_valid_states_are_accepted(sql, overrides):
         ({"completed_at": "now()"}, "23514", "completed_at_iff_finished"),
         ({"attempts": "4", "max_attempts": "3"}, "23514", "attempts_within_limit"),
         ({"attempts": "-1"}, "23514", "attempts_within_limit"),
+        ({"status": "'processing'", "attempts": "1", "lease_expires_at": "now()", "queued_until": "now()"},
+         "23514", "queued_only_while_pending"),
+        ({"status": "'cancelled'", "queued_until": "now()"}, "23514", "queued_only_while_pending"),
     ],
     ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={val[:12]}" for k, val in v.items()) if isinstance(v, dict) else "-",
 )
@@ -490,6 +497,7 @@ def test_invalid_inserts_are_refused(sql, overrides, code, constraint):
         ("max_attempts = 0", "scheduled_tasks_max_attempts_check"),
         ("payload = 'null'::jsonb", "scheduled_tasks_payload_check"),
         ("task_type = ''", "scheduled_tasks_task_type_check"),
+        ("status = 'cancelled', queued_until = now()", "queued_only_while_pending"),
     ],
 )
 def test_invalid_updates_are_refused_and_the_row_is_unchanged(sql, assignments, constraint):
@@ -504,7 +512,8 @@ def test_invalid_updates_are_refused_and_the_row_is_unchanged(sql, assignments, 
 def test_a_legal_lifecycle_passes_every_constraint(sql):
     task_id = sql.run(insert_sql())[0][0]
     steps = [
-        "status = 'processing', attempts = 1, lease_expires_at = now() + interval '1 minute'",
+        "queued_until = now() + interval '1 minute'",  # handed to the queue
+        "status = 'processing', attempts = 1, lease_expires_at = now() + interval '1 minute', queued_until = NULL",
         "status = 'pending', lease_expires_at = NULL",  # a retry
         "status = 'processing', attempts = 2, lease_expires_at = now() + interval '1 minute'",
         "status = 'completed', lease_expires_at = NULL, completed_at = now()",
@@ -526,7 +535,11 @@ EXPECTED_PARAMETERS = {
     "ping": [],
     "list_tasks": ["status", "task_type", "limit", "offset"],
     "claim_due_tasks": ["lease_seconds", "batch_size"],
-    "load_claimed_task": ["id", "attempt"],
+    "hand_over_due_tasks": ["handoff_seconds", "batch_size"],
+    "start_attempts": ["lease_seconds", "ids", "attempts"],
+    "release_handoffs": ["ids", "attempts"],
+    "recover_expired_handoffs": ["batch_size"],
+    "count_queued": [],
     "record_outcomes": ["ids", "attempts", "succeeded", "errors", "retry_in_seconds"],
     "recover_expired_leases": ["batch_size"],
     "next_wake": [],

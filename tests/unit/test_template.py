@@ -209,3 +209,21 @@ def test_migrations_run_as_a_custom_resource_on_every_code_change() -> None:
     assert migrations["Properties"]["ServiceToken"] == {"Ref": "MigrateFunction.Alias"}
     assert migrations["Properties"]["CodeVersion"] == {"Ref": "MigrateFunction.Version"}
     assert (ROOT / prop("MigrateFunction", "CodeUri") / "migrations").is_dir()
+
+
+def test_dispatcher_backpressure_is_sized_by_the_workers_the_template_configures() -> None:
+    (event,) = FUNCTIONS["WorkerFunction"]["Properties"]["Events"].values()
+    dispatcher = env_vars("DispatcherFunction")
+    assert dispatcher["AT_WORKER_BATCH_SIZE"] == str(event["Properties"]["BatchSize"])
+    assert dispatcher["AT_WORKER_MAX_CONCURRENCY"] == event["Properties"]["ScalingConfig"]["MaximumConcurrency"]
+
+
+def test_an_attempt_fits_its_lease_and_the_worker_invocation() -> None:
+    from atcore.execution import RECORDING_MARGIN_SECONDS, ExecutionSettings
+
+    worker = env_vars("WorkerFunction")
+    lease = float(worker.get("AT_LEASE_SECONDS", ExecutionSettings().lease_seconds))
+    attempt = float(worker["AT_HTTP_TIMEOUT_SECONDS"])
+    # A lease outlasts the whole invocation that started it, so recovery never races a live attempt.
+    assert lease > prop("WorkerFunction", "Timeout")
+    assert attempt + RECORDING_MARGIN_SECONDS <= prop("WorkerFunction", "Timeout")

@@ -1,8 +1,9 @@
-"""The dispatcher loop: hand every due task to a deliverer the moment it falls due.
+"""The dispatcher loop: hand every due task to an outlet the moment it falls due.
 
-It never waits for a fixed poll tick: after each pass it sleeps until the next task is due
-or the next lease expires (PostgreSQL says when), at most WAKE_HORIZON_SECONDS, and a
-LISTEN connection wakes it early when a task due sooner than that is created.
+It never waits for a fixed poll tick: after each pass it sleeps until the next task is due, a
+lease or a hand-off expires (PostgreSQL says when), at most WAKE_HORIZON_SECONDS, and a LISTEN
+connection wakes it early when a task due sooner than that is created. It claims only what its
+outlet has room for, so tasks wait in the table, oldest due first, never in a queue behind it.
 Any number of dispatchers may run at once: claims use SKIP LOCKED.
 """
 
@@ -10,19 +11,36 @@ from __future__ import annotations
 
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from atcore import db, execution
 from atcore.config import database_settings
 from atcore.errors import DatabaseUnavailable
-from atcore.execution import ClaimedTask, ExecutionSettings
+from atcore.execution import ExecutionSettings
 from atcore.observability import logger
 from atcore.repository import WAKE_HORIZON_SECONDS
 from atcore.sql import query
 
-Deliver = Callable[[list[ClaimedTask]], None]
 RECOVERY_INTERVAL_SECONDS = 1.0
 MIN_PASS_INTERVAL_SECONDS = 0.01
+
+
+class Outlet(Protocol):
+    """Where a dispatcher sends due tasks: the local engine's workers, or the SQS task queue."""
+
+    # How long to wait before looking again when the outlet is full.
+    full_wait_seconds: float
+
+    def room(self, conn: db.Connection) -> int:
+        """How many more tasks it can take now."""
+        ...
+
+    def claim(self, conn: db.Connection, limit: int) -> Sequence[object]:
+        """Claim up to `limit` due tasks in the form deliver() takes."""
+        ...
+
+    def deliver(self, claimed: Sequence[object]) -> None: ...
 
 
 class DueSoonListener:
@@ -58,29 +76,27 @@ class DueSoonListener:
 
 
 class Dispatcher:
-    def __init__(self, deliver: Deliver, settings: ExecutionSettings | None = None,
-                 capacity: Callable[[], int] | None = None) -> None:
-        self._deliver = deliver
+    def __init__(self, outlet: Outlet, settings: ExecutionSettings | None = None) -> None:
+        self._outlet = outlet
         self._settings = settings or execution.execution_settings()
-        # How many more tasks the deliverer can take now; claiming more would let leases run out in a queue.
-        self._capacity = capacity or (lambda: self._settings.claim_batch_size)
         self._listener = DueSoonListener()
         self._next_recovery = 0.0
 
     def run_once(self) -> float:
-        """Recover expired leases, claim and deliver what is due; returns seconds to sleep."""
+        """Recover expired leases and hand-offs, claim and deliver what is due; returns seconds to sleep."""
         with db.connection() as conn:
             if time.monotonic() >= self._next_recovery:  # leases last seconds: once a second is enough
                 execution.recover_expired_leases(conn)
+                execution.recover_expired_handoffs(conn)
                 self._next_recovery = time.monotonic() + RECOVERY_INTERVAL_SECONDS
-            while (room := min(self._capacity(), self._settings.claim_batch_size)) > 0:
-                tasks = execution.claim_due(conn, room, self._settings.lease_seconds)
-                if tasks:
-                    self._deliver(tasks)
-                if len(tasks) < room:
+            while (room := min(self._outlet.room(conn), self._settings.claim_batch_size)) > 0:
+                claimed = self._outlet.claim(conn, room)
+                if claimed:
+                    self._outlet.deliver(claimed)
+                if len(claimed) < room:
                     break
             else:
-                return 0.005  # the deliverer is full: look again very soon
+                return self._outlet.full_wait_seconds  # the outlet is full: look again soon
             wake_in = execution.seconds_until_next_wake(conn)
         if wake_in is None:
             return WAKE_HORIZON_SECONDS

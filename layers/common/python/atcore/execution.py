@@ -1,7 +1,9 @@
-"""Running tasks: claim what is due, execute it by task_type, record the outcome.
+"""Running tasks: claim what is due, start an attempt, execute it by task_type, record the outcome.
 
-The same functions serve the AWS dispatcher/worker functions and the local run; only the
-transport between claiming and executing differs (SQS there, an in-process queue here).
+Two transports share these rules. The local engine claims and starts attempts in one statement,
+only as many as it has idle workers. On AWS the dispatcher hands tasks to SQS without starting
+them (`hand_over_due`) and the worker starts them (`run_batch`): a task waiting in the queue is
+still pending, so waiting can never cost it an attempt, its lease or a second run.
 """
 
 from __future__ import annotations
@@ -10,20 +12,27 @@ import functools
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, Field
 
-from atcore import db
+from atcore import db, executors
 from atcore.db import Connection
+from atcore.errors import DatabaseUnavailable
 from atcore.executors import ExecutionError
-from atcore.executors import execute as run_executor
+from atcore.executors.settings import http_timeout_seconds
 from atcore.observability import add_metric, logger
 from atcore.sql import query
 
 _ERROR_MESSAGE_LIMIT = 1000
+# An attempt ends before its lease does (so recovery never races a live attempt), and a worker
+# keeps this much of its invocation for recording outcomes.
+_LEASE_SHARE_FOR_EXECUTION = 0.8
+RECORDING_MARGIN_SECONDS = 3.0
 
 
 class ExecutionSettings(BaseModel):
@@ -33,6 +42,19 @@ class ExecutionSettings(BaseModel):
     claim_batch_size: int = Field(default=500, ge=1, le=10_000)
     retry_base_seconds: float = Field(default=5.0, ge=0)
     retry_max_seconds: float = Field(default=3600.0, ge=0)
+    # AWS only: how long a task handed to SQS stays reserved before another dispatcher may send
+    # it again (its message went to the dead-letter queue or was lost), and the worker capacity
+    # the dispatcher's backpressure is sized by (template.yaml: ScalingConfig and BatchSize).
+    handoff_seconds: float = Field(default=60.0, gt=0)
+    worker_max_concurrency: int = Field(default=10, ge=1)
+    worker_batch_size: int = Field(default=5, ge=1)
+
+    @property
+    def max_queued(self) -> int:
+        """Tasks in the queue at most: every worker busy with one batch and one more waiting for
+        each. More would only wait in SQS, where a cancel or reschedule can still beat them but
+        nothing else is gained; the rest wait in the table, oldest due first."""
+        return 2 * self.worker_max_concurrency * self.worker_batch_size
 
 
 @functools.cache
@@ -42,12 +64,24 @@ def execution_settings() -> ExecutionSettings:
         "claim_batch_size": "AT_CLAIM_BATCH_SIZE",
         "retry_base_seconds": "AT_RETRY_BASE_SECONDS",
         "retry_max_seconds": "AT_RETRY_MAX_SECONDS",
+        "handoff_seconds": "AT_HANDOFF_SECONDS",
+        "worker_max_concurrency": "AT_WORKER_MAX_CONCURRENCY",
+        "worker_batch_size": "AT_WORKER_BATCH_SIZE",
     }
     return ExecutionSettings.model_validate({f: os.environ[v] for f, v in names.items() if os.environ.get(v)})
 
 
+class AttemptRef(BaseModel):
+    """An attempt a queue message names: task `id`, attempt number `attempt`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    attempt: int
+
+
 class ClaimedTask(BaseModel):
-    """One attempt of a task, held under a lease by whoever claimed it."""
+    """One started attempt of a task, held under a lease by whoever started it."""
 
     id: int
     task_type: str
@@ -64,6 +98,7 @@ class Outcome(BaseModel):
     succeeded: bool
     error: str | None = None
     retry_in_seconds: float | None = None  # None: do not retry
+    lateness_seconds: float = 0.0  # started minus execute_at, for the metric
 
 
 _CLAIMED_COLUMNS = ("id", "task_type", "payload", "attempt", "max_attempts", "execute_at", "claimed_at")
@@ -74,6 +109,7 @@ def _claimed(row: list) -> ClaimedTask:
 
 
 def claim_due(conn: Connection, batch_size: int, lease_seconds: float) -> list[ClaimedTask]:
+    """Claim due tasks and start their attempts (the local engine: its workers are idle)."""
     rows = conn.run(query("claim_due_tasks"), batch_size=batch_size, lease_seconds=lease_seconds)
     tasks = sorted((_claimed(row) for row in rows), key=lambda task: task.execute_at)
     if tasks:
@@ -82,10 +118,37 @@ def claim_due(conn: Connection, batch_size: int, lease_seconds: float) -> list[C
     return tasks
 
 
-def load_claimed(conn: Connection, task_id: int, attempt: int) -> ClaimedTask | None:
-    """The attempt a queue message names, if it is still current (not cancelled, not re-claimed)."""
-    rows = conn.run(query("load_claimed_task"), id=task_id, attempt=attempt)
-    return _claimed(rows[0]) if rows else None
+def hand_over_due(conn: Connection, batch_size: int, handoff_seconds: float) -> list[AttemptRef]:
+    """Reserve due tasks for the queue, oldest due first, without starting them."""
+    rows = conn.run(query("hand_over_due_tasks"), batch_size=batch_size, handoff_seconds=handoff_seconds)
+    refs = [AttemptRef(id=task_id, attempt=attempt) for task_id, attempt, _ in sorted(rows, key=lambda r: r[2])]
+    if refs:
+        add_metric("TasksHandedOver", MetricUnit.Count, len(refs))
+        logger.info("Tasks handed over", extra={"task_ids": [ref.id for ref in refs]})
+    return refs
+
+
+def count_queued(conn: Connection) -> int:
+    return int(conn.run(query("count_queued"))[0][0])
+
+
+def start_attempts(conn: Connection, refs: Sequence[AttemptRef], lease_seconds: float) -> list[ClaimedTask]:
+    """Start the attempts queue messages name; those no longer current (cancelled, rescheduled,
+    started by a duplicate message) are left out."""
+    if not refs:
+        return []
+    rows = conn.run(query("start_attempts"), ids=[r.id for r in refs], attempts=[r.attempt for r in refs],
+                    lease_seconds=lease_seconds)
+    return [_claimed(row) for row in rows]
+
+
+def release_handoffs(conn: Connection, refs: Sequence[AttemptRef]) -> int:
+    """Give back hand-offs that never reached a worker; returns how many were released."""
+    if not refs:
+        return 0
+    rows = conn.run(query("release_handoffs"), ids=[r.id for r in refs], attempts=[r.attempt for r in refs])
+    logger.warning("Hand-offs released", extra={"task_ids": [row[0] for row in rows]})
+    return len(rows)
 
 
 def backoff_seconds(attempt: int, settings: ExecutionSettings) -> float:
@@ -94,24 +157,33 @@ def backoff_seconds(attempt: int, settings: ExecutionSettings) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not security
 
 
-def execute(task: ClaimedTask) -> Outcome:
-    """Run one attempt; never raises. Retry decisions beyond `retryable` are the database's."""
+def attempt_seconds(settings: ExecutionSettings) -> float:
+    """The longest one attempt may run: its executor's timeout, and always less than its lease."""
+    return min(http_timeout_seconds(), settings.lease_seconds * _LEASE_SHARE_FOR_EXECUTION)
+
+
+def execute(task: ClaimedTask, deadline: float | None = None) -> Outcome:
+    """Run one attempt by `deadline` (time.monotonic(); at most attempt_seconds from now); never raises.
+    Retry decisions beyond `retryable` are the database's."""
+    settings = execution_settings()
     started = time.time()
+    budget_end = time.monotonic() + attempt_seconds(settings)
+    deadline = budget_end if deadline is None else min(deadline, budget_end)
     lateness = started - task.execute_at.timestamp()
-    add_metric("LatenessSeconds", MetricUnit.Seconds, max(lateness, 0.0))
     try:
-        run_executor(task.id, task.task_type, task.payload, task.attempt)
+        executors.execute(task.id, task.task_type, task.payload, task.attempt, deadline=deadline)
     except ExecutionError as exc:
-        retry_in = backoff_seconds(task.attempt, execution_settings()) if exc.retryable else None
+        retry_in = backoff_seconds(task.attempt, settings) if exc.retryable else None
         outcome = Outcome(task_id=task.id, attempt=task.attempt, succeeded=False,
                           error=exc.message[:_ERROR_MESSAGE_LIMIT], retry_in_seconds=retry_in)
     except Exception as exc:  # noqa: BLE001 - an executor bug must not kill the worker; the task is retried
         logger.exception("Executor raised unexpectedly", extra={"task_id": task.id})
         outcome = Outcome(task_id=task.id, attempt=task.attempt, succeeded=False,
                           error=f"internal error in executor: {type(exc).__name__}",
-                          retry_in_seconds=backoff_seconds(task.attempt, execution_settings()))
+                          retry_in_seconds=backoff_seconds(task.attempt, settings))
     else:
         outcome = Outcome(task_id=task.id, attempt=task.attempt, succeeded=True)
+    outcome.lateness_seconds = max(lateness, 0.0)
     logger.debug("Task executed", extra={"task_id": task.id, "attempt": task.attempt, "succeeded": outcome.succeeded,
                                          "duration_ms": round((time.time() - started) * 1000, 1),
                                          "lateness_ms": round(lateness * 1000, 1)})
@@ -134,6 +206,7 @@ def record_outcomes(conn: Connection, outcomes: list[Outcome]) -> dict[int, str]
     statuses = {task_id: status for task_id, status, _attempts in rows}
     _count_outcomes(statuses.values())
     for outcome in outcomes:
+        add_metric("LatenessSeconds", MetricUnit.Seconds, outcome.lateness_seconds)
         # "superseded": cancelled or re-claimed meanwhile; the newer state was kept.
         status = statuses.get(outcome.task_id, "superseded")
         extra = {"task_id": outcome.task_id, "attempt": outcome.attempt, "status": status}
@@ -150,18 +223,18 @@ def _count_outcomes(statuses: Any) -> None:
         add_metric(name, unit=MetricUnit.Count, value=count)
 
 
-def release_claims(conn: Connection, tasks: list[ClaimedTask]) -> int:
-    """Give back attempts that were claimed but not handed over; returns how many were released."""
-    rows = conn.run(query("release_claims"), ids=[t.id for t in tasks], attempts=[t.attempt for t in tasks])
-    logger.warning("Claims released", extra={"task_ids": [row[0] for row in rows]})
-    return len(rows)
-
-
 def recover_expired_leases(conn: Connection, batch_size: int = 1000) -> list[tuple[int, str]]:
     rows = conn.run(query("recover_expired_leases"), batch_size=batch_size)
     if rows:
         logger.warning("Expired leases recovered", extra={"tasks": [{"task_id": r[0], "status": r[1]} for r in rows]})
     return [(row[0], row[1]) for row in rows]
+
+
+def recover_expired_handoffs(conn: Connection, batch_size: int = 1000) -> list[int]:
+    rows = conn.run(query("recover_expired_handoffs"), batch_size=batch_size)
+    if rows:
+        logger.warning("Expired hand-offs recovered", extra={"task_ids": [row[0] for row in rows]})
+    return [row[0] for row in rows]
 
 
 def seconds_until_next_wake(conn: Connection) -> float | None:
@@ -173,14 +246,51 @@ def oldest_due_age_seconds(conn: Connection) -> float:
     return float(conn.run(query("oldest_due_age"))[0][0])
 
 
-def run_attempt(task_id: int, attempt: int) -> str | None:
-    """Execute the attempt a queue message names and record its outcome (the AWS worker's job).
-    Returns the task's new status, or None when the attempt was no longer current."""
+# Worker threads live as long as the execution environment: keep-alive callback connections are
+# kept per thread, so a warm worker reuses them across invocations.
+@functools.cache
+def _batch_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=32, thread_name_prefix="at-attempt")
+
+
+def run_batch(refs: Sequence[AttemptRef], seconds_left: Callable[[], float]) -> list[AttemptRef]:
+    """The AWS worker's job: start the attempts a batch of messages names (one statement), run
+    them concurrently, each by its own deadline, and record their outcomes (one statement).
+
+    `seconds_left` is the invocation's remaining time. Returns the refs whose outcome could not
+    be recorded (the caller reports them as failed messages); skipped refs are done.
+    """
+    settings = execution_settings()
+    needed = attempt_seconds(settings) + RECORDING_MARGIN_SECONDS
+    if seconds_left() < needed:
+        # Not even one attempt fits: back to the dispatcher at once, not to SQS's visibility timeout.
+        with db.connection() as conn:
+            release_handoffs(conn, refs)
+        logger.warning("Too little time left to start attempts", extra={"seconds_left": round(seconds_left(), 1)})
+        return []
     with db.connection() as conn:
-        task = load_claimed(conn, task_id, attempt)
-    if task is None:
-        logger.info("Attempt is no longer current; skipped", extra={"task_id": task_id, "attempt": attempt})
-        return None
-    outcome = execute(task)
-    with db.connection() as conn:
-        return record_outcomes(conn, [outcome]).get(task_id)
+        tasks = start_attempts(conn, refs, settings.lease_seconds)
+    if skipped := sorted({r.id for r in refs} - {t.id for t in tasks}):
+        logger.info("Attempts no longer current; skipped", extra={"task_ids": skipped})
+    if not tasks:
+        return []
+    deadline = time.monotonic() + seconds_left() - RECORDING_MARGIN_SECONDS
+    outcomes = list(_batch_pool().map(lambda task: execute(task, deadline), tasks))
+    if _record_before(outcomes, deadline=time.monotonic() + seconds_left() - 1.0):
+        return []
+    started = {(t.id, t.attempt) for t in tasks}
+    return [ref for ref in refs if (ref.id, ref.attempt) in started]
+
+
+def _record_before(outcomes: list[Outcome], deadline: float) -> bool:
+    """Record outcomes, retrying a database that is briefly away until `deadline` (monotonic)."""
+    while True:
+        try:
+            with db.connection() as conn:
+                record_outcomes(conn, outcomes)
+            return True
+        except DatabaseUnavailable:
+            if time.monotonic() + 0.5 >= deadline:
+                logger.error("Outcomes could not be recorded", extra={"task_ids": [o.task_id for o in outcomes]})
+                return False
+            time.sleep(0.5)

@@ -35,7 +35,7 @@ def known_task_types() -> frozenset[str]:
     return frozenset(EXECUTORS)
 
 
-def execute(task_id: int, task_type: str, payload: object, attempt: int) -> None:
+def execute(task_id: int, task_type: str, payload: object, attempt: int, *, deadline: float | None = None) -> None:
     """Run one task by its task_type; return on success, raise ExecutionError on failure."""
     log_fields: dict[str, object] = {"task_id": task_id, "task_type": task_type, "attempt": attempt}
     started = time.perf_counter()

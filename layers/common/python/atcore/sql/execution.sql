@@ -2,7 +2,9 @@
 -- so a skewed worker clock can never run a task early.
 
 -- name: claim_due_tasks
--- Any number of dispatchers may run this at once: SKIP LOCKED hands each row to one of them.
+-- The local engine's claim: start the attempts of due tasks at once (it claims only as many as
+-- it has idle workers, so the lease measures the execution). Any number of dispatchers may run
+-- this at once: SKIP LOCKED hands each row to one of them.
 UPDATE scheduled_tasks AS t
 SET status = 'processing',
     attempts = t.attempts + 1,
@@ -10,7 +12,7 @@ SET status = 'processing',
     updated_at = now()
 FROM (
     SELECT id FROM scheduled_tasks
-    WHERE status = 'pending' AND execute_at <= now()
+    WHERE status = 'pending' AND queued_until IS NULL AND execute_at <= now()
     ORDER BY execute_at
     LIMIT :batch_size
     FOR UPDATE SKIP LOCKED
@@ -18,11 +20,39 @@ FROM (
 WHERE t.id = due.id
 RETURNING t.id, t.task_type, t.payload, t.attempts, t.max_attempts, t.execute_at, now() AS claimed_at
 
--- name: load_claimed_task
--- A worker fed by a queue re-reads its task: if it was cancelled or re-claimed meanwhile, skip it.
-SELECT id, task_type, payload, attempts, max_attempts, execute_at, now() AS claimed_at
-FROM scheduled_tasks
-WHERE id = :id AND status = 'processing' AND attempts = :attempt
+-- name: hand_over_due_tasks
+-- The AWS dispatcher's claim: reserve due tasks for the queue without starting them. They stay
+-- pending (a cancel simply wins), no attempt is counted and no lease is taken; queued_until is
+-- when another dispatcher may hand them over again, should their message never start them.
+UPDATE scheduled_tasks AS t
+SET queued_until = now() + make_interval(secs => :handoff_seconds)
+FROM (
+    SELECT id FROM scheduled_tasks
+    WHERE status = 'pending' AND queued_until IS NULL AND execute_at <= now()
+    ORDER BY execute_at
+    LIMIT :batch_size
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE t.id = due.id
+RETURNING t.id, t.attempts + 1 AS attempt, t.execute_at
+
+-- name: start_attempts
+-- A worker starts the attempts its messages name; the lease starts now, with the execution.
+-- One winner per attempt: a message delivered twice (SQS delivers at least once), or one for a
+-- task cancelled, rescheduled or started since, matches no row and starts nothing. Two workers
+-- holding the same message queue on the row lock, and the second finds it no longer pending.
+UPDATE scheduled_tasks AS t
+SET status = 'processing',
+    attempts = t.attempts + 1,
+    queued_until = NULL,
+    lease_expires_at = now() + make_interval(secs => :lease_seconds),
+    updated_at = now()
+FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[])) AS m(id, attempt)
+WHERE t.id = m.id
+  AND t.id = ANY(CAST(:ids AS bigint[]))  -- the id list again, as an index condition (see record_outcomes)
+  AND t.status = 'pending' AND t.queued_until IS NOT NULL
+  AND t.attempts = m.attempt - 1 AND t.execute_at <= now()
+RETURNING t.id, t.task_type, t.payload, t.attempts, t.max_attempts, t.execute_at, now() AS claimed_at
 
 -- name: record_outcomes
 -- Outcomes of many attempts in one statement. A row is written only while the task is still
@@ -78,26 +108,53 @@ WHERE t.id = expired.id
 RETURNING t.id, t.status, t.attempts
 
 -- name: next_wake
--- Seconds until the earliest pending task falls due or the earliest lease expires (negative:
--- already due); NULL when there is nothing to wait for. Both come from small partial indexes.
+-- Seconds until the earliest unclaimed task falls due, a lease expires or a hand-off expires
+-- (negative: already due); NULL when there is nothing to wait for. All from small partial indexes.
 SELECT EXTRACT(EPOCH FROM (LEAST(
-           (SELECT min(execute_at) FROM scheduled_tasks WHERE status = 'pending'),
-           (SELECT min(lease_expires_at) FROM scheduled_tasks WHERE status = 'processing')
+           (SELECT min(execute_at) FROM scheduled_tasks WHERE status = 'pending' AND queued_until IS NULL),
+           (SELECT min(lease_expires_at) FROM scheduled_tasks WHERE status = 'processing'),
+           (SELECT min(queued_until) FROM scheduled_tasks WHERE queued_until IS NOT NULL)
        ) - now()))::double precision
 
 -- name: oldest_due_age
--- How late the most overdue pending task is, in seconds (0 when none is due): the alarm metric.
-SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(execute_at)), 0)::double precision
-FROM scheduled_tasks WHERE status = 'pending' AND execute_at <= now()
+-- How late the most overdue task that has not started is, in seconds (0 when none is due),
+-- whether it waits in the table or in the queue: the alarm metric.
+SELECT COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
+           (SELECT min(execute_at) FROM scheduled_tasks
+            WHERE status = 'pending' AND queued_until IS NULL AND execute_at <= now()),
+           (SELECT min(execute_at) FROM scheduled_tasks WHERE queued_until IS NOT NULL)
+       )), 0)::double precision
 
 -- name: listen_for_due_soon
 LISTEN at_task_due_soon
 
--- name: release_claims
--- Attempts that were claimed but could not be handed over (the queue refused them): back to
--- pending at once, the attempt not counted, instead of waiting out their lease.
+-- name: release_handoffs
+-- Hand-offs that never reached a worker (the queue refused the message, or the worker had no
+-- time left to start it): free for the next dispatcher pass at once, nothing counted.
 UPDATE scheduled_tasks AS t
-SET status = 'pending', attempts = t.attempts - 1, lease_expires_at = NULL, updated_at = now()
+SET queued_until = NULL
 FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[])) AS c(id, attempt)
-WHERE t.id = c.id AND t.attempts = c.attempt AND t.status = 'processing'
+WHERE t.id = c.id AND t.id = ANY(CAST(:ids AS bigint[]))
+  AND t.attempts = c.attempt - 1 AND t.status = 'pending' AND t.queued_until IS NOT NULL
 RETURNING t.id
+
+-- name: recover_expired_handoffs
+-- A message that never started its task (it went to the dead-letter queue, or was lost): after
+-- queued_until the task may be handed over again. Should the old message arrive after all, the
+-- attempt still has one winner (start_attempts), so the task runs once.
+UPDATE scheduled_tasks AS t
+SET queued_until = NULL
+FROM (
+    SELECT id FROM scheduled_tasks
+    WHERE queued_until < now()
+    ORDER BY queued_until
+    LIMIT :batch_size
+    FOR UPDATE SKIP LOCKED
+) AS expired
+WHERE t.id = expired.id
+RETURNING t.id
+
+-- name: count_queued
+-- Tasks handed to the queue and not started yet: the dispatcher's backpressure keeps this small,
+-- so the index-only count is cheap.
+SELECT count(*) FROM scheduled_tasks WHERE queued_until IS NOT NULL

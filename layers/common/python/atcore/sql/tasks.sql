@@ -24,9 +24,10 @@ WHERE id = :id
 
 -- name: cancel_task
 -- Only pending/processing tasks can be cancelled; a worker's late result then cannot
--- overwrite 'cancelled', because outcomes are written only while status = 'processing'.
+-- overwrite 'cancelled', because outcomes are written only while status = 'processing', and a
+-- queued message cannot start it, because attempts start only while it is 'pending'.
 UPDATE scheduled_tasks
-SET status = 'cancelled', lease_expires_at = NULL, updated_at = now()
+SET status = 'cancelled', lease_expires_at = NULL, queued_until = NULL, updated_at = now()
 WHERE id = :id AND status IN ('pending', 'processing')
 RETURNING id, execute_at, task_type, payload, status, attempts, max_attempts,
           created_at, updated_at, completed_at, error_message
