@@ -227,3 +227,30 @@ def test_an_attempt_fits_its_lease_and_the_worker_invocation() -> None:
     # A lease outlasts the whole invocation that started it, so recovery never races a live attempt.
     assert lease > prop("WorkerFunction", "Timeout")
     assert attempt + RECORDING_MARGIN_SECONDS <= prop("WorkerFunction", "Timeout")
+
+
+def _statements(function: str) -> list[dict[str, Any]]:
+    """The inline policy statements of a function, whichever branch of a condition they sit in."""
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "Effect" in node and "Action" in node:
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(FUNCTIONS[function]["Properties"].get("Policies", []))
+    return found
+
+
+def test_the_worker_may_send_email_only_from_the_senders_the_stack_allows() -> None:
+    ses = [s for s in _statements("WorkerFunction") if "ses" in json.dumps(s["Action"])]
+    assert len(ses) == 1
+    assert ses[0]["Action"] == "ses:SendEmail"  # no SendRawEmail: nothing sends raw MIME
+    from_addresses = ses[0]["Condition"]["StringEquals"]["ses:FromAddress"]
+    assert "EmailFrom" in json.dumps(from_addresses) and "AllowedEmailSenders" in json.dumps(from_addresses)
+    assert "SendRawEmail" not in json.dumps(TEMPLATE)
