@@ -297,3 +297,39 @@ def test_local_engine_with_a_backlog_longer_than_the_lease_fails_nothing(sql, mo
     # THEN waiting for a free worker cost no task its lease: each ran once and completed
     assert sql.run("SELECT status, attempts, count(*) FROM scheduled_tasks GROUP BY 1, 2") == [["completed", 1, 20]]
     assert sorted(len(a) for a in arrivals.values()) == [1] * 20
+
+
+def history(sql, task_id: int) -> list[tuple]:
+    """(number, outcome, error, finished?) of each attempt, oldest first."""
+    return [tuple(row) for row in sql.run(
+        "SELECT number, outcome, error, finished_at IS NOT NULL FROM task_attempts WHERE task_id = :id ORDER BY number",
+        id=task_id)]
+
+
+def test_attempt_history_is_written_with_each_start_and_outcome(sql, engine):
+    with HttpSink(lambda _task, attempt: 503 if attempt < 3 else 200) as sink:
+        task_id = schedule_callback(sink.url, in_seconds=0.2, max_attempts=5)
+        wait_for(lambda: finished(sql, task_id))
+    rows = history(sql, task_id)
+    assert [row[:2] for row in rows] == [(1, "retry_scheduled"), (2, "retry_scheduled"), (3, "succeeded")]
+    assert rows[0][2].startswith("callback returned HTTP 503") and rows[2][2] is None
+    assert all(finished_at for *_, finished_at in rows)
+    started_before_finished = sql.run("SELECT bool_and(started_at <= finished_at) FROM task_attempts")
+    assert started_before_finished == [[True]]
+
+
+def test_attempt_history_records_expired_leases_and_cancelled_attempts(sql):
+    insert_due_tasks(sql, 2, "http_callback", {"url": "http://127.0.0.1:9/"})
+    with db.connection() as conn:
+        claimed = execution.claim_due(conn, batch_size=10, lease_seconds=0.2)
+    assert [(task.id, task.attempt) for task in claimed] == [(1, 1), (2, 1)]
+    assert history(sql, 1) == [(1, "running", None, False)]
+    # Task 1's worker died; task 2 was cancelled while its attempt ran, then its result came in.
+    service.cancel_task(2)
+    time.sleep(0.3)
+    with db.connection() as conn:
+        assert execution.recover_expired_leases(conn) == [(1, "pending")]
+        late = execution.Outcome(task_id=2, attempt=1, succeeded=True)
+        assert execution.record_outcomes(conn, [late]) == {}
+    assert history(sql, 1) == [(1, "lease_expired", "attempt 1 did not finish: its lease expired", True)]
+    assert history(sql, 2) == [(1, "superseded", "the task was cancelled while this attempt ran", True)]

@@ -141,6 +141,7 @@ EXPECTED_COLUMNS = {
     "error_message": ("text", "YES", None, None),
     "lease_expires_at": ("timestamp with time zone", "YES", None, None),
     "queued_until": ("timestamp with time zone", "YES", None, None),
+    "attempts_before_retry": ("integer", "NO", "0", None),
 }
 
 EXPECTED_INDEXES = {
@@ -164,6 +165,7 @@ EXPECTED_CHECKS = {
     "lease_iff_processing": ["lease_expires_at IS NOT NULL", "'processing'"],
     "processing_has_attempt": ["status <> 'processing'", "attempts >= 1"],
     "queued_only_while_pending": ["queued_until IS NULL", "'pending'"],
+    "attempts_before_retry_not_negative": ["attempts_before_retry >= 0"],
 }
 
 
@@ -718,5 +720,5 @@ def test_task_counts_follow_every_kind_of_write(sql):
     sql.run("UPDATE scheduled_tasks SET task_type = 'renamed' WHERE id = 1")
     sql.run("DELETE FROM scheduled_tasks WHERE id % 7 = 0")
     assert counts_by_table() == counts_by_rows()
-    sql.run("TRUNCATE scheduled_tasks")
+    sql.run("TRUNCATE scheduled_tasks CASCADE")
     assert counts_by_table() == [] and counts_by_rows() == []

@@ -25,12 +25,21 @@ WHERE id = :id
 -- name: cancel_task
 -- Only pending/processing tasks can be cancelled; a worker's late result then cannot
 -- overwrite 'cancelled', because outcomes are written only while status = 'processing', and a
--- queued message cannot start it, because attempts start only while it is 'pending'.
-UPDATE scheduled_tasks
-SET status = 'cancelled', lease_expires_at = NULL, queued_until = NULL, updated_at = now()
-WHERE id = :id AND status IN ('pending', 'processing')
-RETURNING id, execute_at, task_type, payload, status, attempts, max_attempts,
-          created_at, updated_at, completed_at, error_message
+-- queued message cannot start it, because attempts start only while it is 'pending'. An attempt
+-- still running is closed in its history as superseded: its result will not count.
+WITH cancelled AS (
+    UPDATE scheduled_tasks
+    SET status = 'cancelled', lease_expires_at = NULL, queued_until = NULL, updated_at = now()
+    WHERE id = :id AND status IN ('pending', 'processing')
+    RETURNING id, execute_at, task_type, payload, status, attempts, max_attempts,
+              created_at, updated_at, completed_at, error_message
+),
+history AS (
+    UPDATE task_attempts
+    SET finished_at = now(), outcome = 'superseded', error = 'the task was cancelled while this attempt ran'
+    WHERE task_id = :id AND outcome = 'running' AND EXISTS (SELECT 1 FROM cancelled)
+)
+SELECT * FROM cancelled
 
 -- name: task_status
 SELECT status FROM scheduled_tasks WHERE id = :id
