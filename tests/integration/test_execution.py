@@ -333,3 +333,25 @@ def test_attempt_history_records_expired_leases_and_cancelled_attempts(sql):
         assert execution.record_outcomes(conn, [late]) == {}
     assert history(sql, 1) == [(1, "lease_expired", "attempt 1 did not finish: its lease expired", True)]
     assert history(sql, 2) == [(1, "superseded", "the task was cancelled while this attempt ran", True)]
+
+
+def test_retention_deletes_finished_tasks_past_it_with_their_history_and_keeps_totals_exact(sql):
+    insert_due_tasks(sql, 6, "http_callback", {"url": "http://127.0.0.1:9/"})
+    with db.connection() as conn:
+        execution.claim_due(conn, batch_size=10, lease_seconds=60)
+    sql.run("UPDATE scheduled_tasks SET status = 'completed', completed_at = now(), lease_expires_at = NULL "
+            "WHERE id <= 4")
+    sql.run("UPDATE scheduled_tasks SET status = 'cancelled', lease_expires_at = NULL WHERE id = 5")
+    # Tasks 1, 2 and 5 finished 31 days ago; 3 and 4 yesterday; 6 is still processing (and old).
+    sql.run("UPDATE scheduled_tasks SET updated_at = now() - interval '31 days' WHERE id IN (1, 2, 5, 6)")
+    sql.run("UPDATE scheduled_tasks SET updated_at = now() - interval '1 day' WHERE id IN (3, 4)")
+    with db.connection() as conn:
+        assert execution.delete_expired_tasks(conn, retention_days=0) == 0  # 0 keeps everything
+        assert execution.delete_expired_tasks(conn, retention_days=30, batch_size=2) == 2
+        assert execution.delete_expired_tasks(conn, retention_days=30, batch_size=2) == 1
+        assert execution.delete_expired_tasks(conn, retention_days=30, batch_size=2) == 0
+    assert [row[0] for row in sql.run("SELECT id FROM scheduled_tasks ORDER BY id")] == [3, 4, 6]
+    assert sql.run("SELECT DISTINCT task_id FROM task_attempts ORDER BY 1") == [[3], [4], [6]]
+    status, body = invoke("list_tasks", load_event("list_tasks") | {"queryStringParameters": None,
+                                                                    "multiValueQueryStringParameters": None})
+    assert status == 200 and body["total"] == 3

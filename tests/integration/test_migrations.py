@@ -148,6 +148,8 @@ EXPECTED_INDEXES = {
     "scheduled_tasks_pkey": "UNIQUE INDEX scheduled_tasks_pkey ON public.scheduled_tasks USING btree (id)",
     "scheduled_tasks_due_idx": "USING btree (execute_at) WHERE ((status = 'pending'::text) AND (queued_until IS NULL))",
     "scheduled_tasks_queued_idx": "USING btree (queued_until) WHERE (queued_until IS NOT NULL)",
+    "scheduled_tasks_finished_idx": (
+        "USING btree (updated_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]))"),
     "scheduled_tasks_lease_idx": "USING btree (lease_expires_at) WHERE (status = 'processing'::text)",
     "scheduled_tasks_status_id_idx": "USING btree (status, id)",
     "scheduled_tasks_type_id_idx": "USING btree (task_type, id)",
@@ -542,6 +544,7 @@ EXPECTED_PARAMETERS = {
     "release_handoffs": ["ids", "attempts"],
     "recover_expired_handoffs": ["batch_size"],
     "count_queued": [],
+    "delete_expired_tasks": ["retention_days", "batch_size"],
     "record_outcomes": ["ids", "attempts", "succeeded", "errors", "retry_in_seconds"],
     "recover_expired_leases": ["batch_size"],
     "next_wake": [],

@@ -194,3 +194,18 @@ RETURNING t.id
 -- Tasks handed to the queue and not started yet: the dispatcher's backpressure keeps this small,
 -- so the index-only count is cheap.
 SELECT count(*) FROM scheduled_tasks WHERE queued_until IS NOT NULL
+
+-- name: delete_expired_tasks
+-- Retention: finished tasks unchanged for :retention_days, a small batch at a time, oldest first;
+-- their attempts go with them (ON DELETE CASCADE) and the counts triggers keep totals exact.
+-- SKIP LOCKED: a dispatcher deleting never waits for, nor blocks, another one.
+DELETE FROM scheduled_tasks
+WHERE id IN (
+    SELECT id FROM scheduled_tasks
+    WHERE status IN ('completed', 'failed', 'cancelled')
+      AND updated_at < now() - make_interval(days => :retention_days)
+    ORDER BY updated_at
+    LIMIT :batch_size
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
