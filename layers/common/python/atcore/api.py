@@ -17,6 +17,7 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.shared.json_encoder import Encoder
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from atcore.errors import AtError, PayloadTooLarge
@@ -33,6 +34,15 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     HTTPStatus.INTERNAL_SERVER_ERROR: "An unexpected error; the message reveals no internals.",
     HTTPStatus.SERVICE_UNAVAILABLE: "The database does not answer; retrying later may work.",
 }
+
+
+# --- response bodies, and what one Lambda response can carry ------------------------------------
+
+
+def dumps_json(value: Any) -> str:
+    """Every JSON body: compact, and non-ASCII text as UTF-8, not \\uXXXX escapes (three times the size).
+    The python3.13 runtime sends it on as UTF-8 too (its marshaller has ensure_ascii=False)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, cls=Encoder)
 
 
 def error_responses(*statuses: int, **descriptions: str) -> dict[int, OpenAPIResponse]:
@@ -130,7 +140,7 @@ class TaskApiResolver(APIGatewayRestResolver):
     """Powertools' REST resolver with validation, plus the body-size limit and JSON-only bodies."""
 
     def __init__(self) -> None:
-        super().__init__(enable_validation=True, json_body_deserializer=parse_json_body)
+        super().__init__(enable_validation=True, serializer=dumps_json, json_body_deserializer=parse_json_body)
         self.exception_handler(RequestValidationError)(lambda exc: validation_error_response(list(exc.errors())))
         self.exception_handler(AtError)(self._domain_error)
         self.exception_handler(NotFoundError)(self._no_route)
