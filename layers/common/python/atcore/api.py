@@ -21,7 +21,7 @@ from aws_lambda_powertools.shared.json_encoder import Encoder
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from atcore.errors import AtError, PayloadTooLarge
-from atcore.models import MAX_BODY_BYTES, ErrorBody, ErrorDetail
+from atcore.models import MAX_BODY_BYTES, MAX_STORED_PAYLOAD_BYTES, ErrorBody, ErrorDetail
 from atcore.observability import logger, metrics, tracer
 
 JSON = "application/json"
@@ -30,13 +30,26 @@ JSON = "application/json"
 ERROR_DESCRIPTIONS: dict[int, str] = {
     HTTPStatus.BAD_REQUEST: "Invalid request; `error` says why and `details` names each offending field.",
     HTTPStatus.NOT_FOUND: "No task with this id.",
-    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: f"The request body exceeds {MAX_BODY_BYTES} bytes.",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: (
+        f"The request body exceeds {MAX_BODY_BYTES} bytes, or the payload would be stored as more than "
+        f"{MAX_STORED_PAYLOAD_BYTES} bytes of JSON (numbers are stored written out: 1e300 takes 301 digits)."
+    ),
     HTTPStatus.INTERNAL_SERVER_ERROR: "An unexpected error; the message reveals no internals.",
     HTTPStatus.SERVICE_UNAVAILABLE: "The database does not answer; retrying later may work.",
 }
 
 
 # --- response bodies, and what one Lambda response can carry ------------------------------------
+
+# Lambda's limit on a synchronous invocation's response: the whole proxy dict as the runtime
+# marshals it, where the body is a JSON string inside JSON, so its quotes and backslashes count twice.
+LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024  # 6,291,456 bytes
+# The largest single task: its payload is at most MAX_STORED_PAYLOAD_BYTES of JSON as answered (a
+# create rule), its other fields under 8 KiB (task_type has at most 50 characters, error_message is
+# cut at 1,000), and the envelope at most doubles JSON text (one more byte for a quote or
+# backslash, three for a 3-byte U+2028). So every single-task answer fits in one Lambda response
+# (tests/integration/test_pages.py).
+MAX_TASK_BYTES = 2 * (MAX_STORED_PAYLOAD_BYTES + 8 * 1024)
 
 
 def dumps_json(value: Any) -> str:

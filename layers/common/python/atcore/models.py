@@ -4,6 +4,7 @@ client sees when it breaks it."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import UTC, datetime
@@ -19,6 +20,8 @@ MAX_ATTEMPTS_LIMIT = 100
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_BODY_BYTES = 256 * 1024
+# The payload as AT stores and answers it (compact JSON, UTF-8): see check_stored_payload_size.
+MAX_STORED_PAYLOAD_BYTES = 1024 * 1024
 # Deeper payloads could be stored but not answered: the response serializer (pydantic-core) gives
 # up near 255 levels, which made create, read and every list page holding the task a 500.
 MAX_PAYLOAD_DEPTH = 100
@@ -116,6 +119,37 @@ def ensure_storable_json(value: object) -> None:
                 for key in item:
                     _check_storable_string(key)
             stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
+def _exponent_growth(value: object) -> int:
+    """Bytes the numbers in `value` gain in PostgreSQL: jsonb keeps a number as numeric, which is
+    written without an exponent, so a float JSON writes as 1e+300 comes back as 1 and 300 zeros."""
+    growth, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            text = repr(item)  # what json.dumps writes; only e+ forms (|x| >= 1e16) lose their exponent
+            if "e+" in text:
+                growth += int(text.partition("e+")[2]) + 1 + text.startswith("-") - len(text)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return growth
+
+
+def check_stored_payload_size(payload: object) -> None:
+    """A payload must stay within MAX_STORED_PAYLOAD_BYTES as it is answered (compact JSON, UTF-8)
+    after PostgreSQL has stored it, so that every answer holding the task fits in one Lambda
+    response: a 256 KiB body of 1e308s would be 13 MB of digits. ValueError, with the client's
+    message, when it would not."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    size = len(text.encode("utf-8")) + _exponent_growth(payload)
+    if size > MAX_STORED_PAYLOAD_BYTES:
+        raise ValueError(
+            f"payload would be stored as {size} bytes of JSON, over the limit of {MAX_STORED_PAYLOAD_BYTES} "
+            "(PostgreSQL writes numbers out in full: 1e300 takes 301 digits)"
+        )
 
 
 def _check_storable_string(text: str) -> None:

@@ -4,12 +4,16 @@ repository inside one pooled connection each."""
 from __future__ import annotations
 
 from atcore import db, repository
-from atcore.errors import TaskNotCancellable, TaskNotFound
-from atcore.models import CreateTaskRequest, Task, TaskPage, TaskStatus
+from atcore.errors import PayloadTooLarge, TaskNotCancellable, TaskNotFound
+from atcore.models import CreateTaskRequest, Task, TaskPage, TaskStatus, check_stored_payload_size
 from atcore.observability import logger
 
 
 def create_task(request: CreateTaskRequest) -> Task:
+    try:
+        check_stored_payload_size(request.payload)
+    except ValueError as exc:
+        raise PayloadTooLarge(str(exc)) from None
     with db.connection() as conn:
         task = repository.insert_task(conn, request)
     logger.info("Task created", extra={"task_id": task.id, "task_type": task.task_type, "execute_at": task.execute_at})
