@@ -524,7 +524,7 @@ EXPECTED_PARAMETERS = {
     "cancel_task": ["id"],
     "task_status": ["id"],
     "ping": [],
-    "list_tasks": ["status", "task_type", "limit", "offset"],
+    "list_tasks": ["status", "task_type", "before_id", "limit", "offset"],
     "claim_due_tasks": ["lease_seconds", "batch_size"],
     "load_claimed_task": ["id", "attempt"],
     "record_outcomes": ["ids", "attempts", "succeeded", "errors", "retry_in_seconds"],
@@ -642,8 +642,9 @@ def test_list_tasks_query_filters_by_status_and_type(sql, through):
         with db.connection() as conn:  # the product's connection (pointed at this database by `database`)
             return conn.run(text, **params)
 
-    def run(status=None, task_type=None, limit=50, offset=0):
-        rows = execute(query("list_tasks"), status=status, task_type=task_type, limit=limit, offset=offset)
+    def run(status=None, task_type=None, limit=50, offset=0, before_id=None):
+        rows = execute(query("list_tasks"), status=status, task_type=task_type, before_id=before_id, limit=limit,
+                       offset=offset)
         return rows[0][0], [row[1] for row in rows if row[1] is not None], rows
 
     total, listed, _ = run()
@@ -658,6 +659,11 @@ def test_list_tasks_query_filters_by_status_and_type(sql, through):
     assert (total, len(listed)) == (7, 1)
     total, listed, rows = run(offset=100)  # past the end: the total, and one row of NULLs
     assert (total, listed) == (7, []) and len(rows) == 1 and set(rows[0][1:]) == {None}
+    everything = sorted((i for v in ids.values() for i in v), reverse=True)
+    assert run(before_id=everything[2])[:2] == (7, everything[3:])  # a cursor's page: below its id; same total
+    b_tasks = sorted(ids[("pending", "b")] + ids[("failed", "b")] + ids[("completed", "b")], reverse=True)
+    assert run(task_type="b", before_id=b_tasks[0], limit=1)[:2] == (3, b_tasks[1:2])
+    assert run(before_id=min(everything))[:2] == (7, [])
 
 
 @pytest.mark.parametrize("payload", [{"a": [1, "x"]}, "text", 42, [None], True])

@@ -3,7 +3,9 @@ real PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
 
 import pytest
 
@@ -51,12 +53,154 @@ def list_page(**query: str) -> tuple[dict, int]:
     return json.loads(response["body"]), size
 
 
+def list_error(**query: str) -> tuple[int, dict]:
+    response = list_raw(**query)
+    return response["statusCode"], json.loads(response["body"])
+
+
 def id_event(name: str, task_id: int) -> dict:
     return load_event(name) | {"path": f"/api/v1/tasks/{task_id}", "pathParameters": {"id": str(task_id)}}
 
 
 def ids(page: dict) -> list[int]:
     return [task["id"] for task in page["tasks"]]
+
+
+def walk(**query: str) -> list[dict]:
+    """Every page from the first on, following next_cursor; each page must fit."""
+    pages = []
+    page, _ = list_page(**query)
+    pages.append(page)
+    while "next_cursor" in page:
+        page, _ = list_page(**query, cursor=page["next_cursor"])
+        pages.append(page)
+    return pages
+
+
+def insert_tasks(sql, count: int, task_type: str = "t", status: str = "pending") -> list[int]:
+    extra = ", completed_at" if status in ("completed", "failed") else ""
+    values = ", now()" if extra else ""
+    rows = sql.run(
+        f"INSERT INTO scheduled_tasks (execute_at, task_type, payload, status, attempts{extra}) "
+        f"SELECT now() + interval '1 day', :task_type, jsonb_build_object('n', g), :status, "
+        f"{'1' if extra else '0'}{values} FROM generate_series(1, :count) AS g RETURNING id",
+        task_type=task_type, status=status, count=count,
+    )
+    return [row[0] for row in rows]
+
+
+# --- cursor pages -------------------------------------------------------------------------------
+
+
+def test_next_cursor_only_while_more_tasks_match(sql):
+    insert_tasks(sql, 6)
+    page, _ = list_page(limit="3")
+    assert ids(page) == [6, 5, 4] and "next_cursor" in page
+    page, _ = list_page(limit="3", cursor=page["next_cursor"])
+    assert ids(page) == [3, 2, 1] and "next_cursor" not in page  # exactly the last ones: no cursor
+    page, _ = list_page(limit="6")
+    assert ids(page) == [6, 5, 4, 3, 2, 1] and "next_cursor" not in page
+    page, _ = list_page(limit="2", offset="2")
+    assert ids(page) == [4, 3] and "next_cursor" in page  # an offset page gets one too
+    page, _ = list_page(limit="2", cursor=page["next_cursor"])
+    assert ids(page) == [2, 1] and "next_cursor" not in page
+    assert list_page(offset="6")[0] == {"tasks": [], "total": 6}
+    assert list_page(status="failed")[0] == {"tasks": [], "total": 0}
+
+
+def test_a_cursor_walk_never_repeats_or_skips_while_tasks_are_created(sql, database_server, database):
+    existing = insert_tasks(sql, 250, task_type="a") + insert_tasks(sql, 50, task_type="b")
+    stop, created_meanwhile = threading.Event(), []
+
+    def keep_creating():  # another client, on its own connection (handlers are not run from threads)
+        conn = database_server.connect(database)
+        try:
+            while not stop.is_set():
+                created_meanwhile.extend(insert_tasks(conn, 3, task_type="a"))
+        finally:
+            conn.close()
+
+    writer = threading.Thread(target=keep_creating)
+    writer.start()
+    try:
+        seen, typed, page = [], [], None
+        while page is None or "next_cursor" in page:
+            created_meanwhile.append(create(body_of('{"late": true}', task_type="a"))["id"])  # one per page at least
+            page, _ = list_page(limit="7", **({"cursor": page["next_cursor"]} if page else {}))
+            seen += ids(page)
+        page = None
+        while page is None or "next_cursor" in page:
+            page, _ = list_page(limit="9", task_type="a", **({"cursor": page["next_cursor"]} if page else {}))
+            typed += ids(page)
+    finally:
+        stop.set()
+        writer.join()
+    assert len(seen) == len(set(seen)) and len(typed) == len(set(typed))  # never repeated
+    assert set(existing) <= set(seen) and set(existing[:250]) <= set(typed)  # never skipped one that existed
+    assert seen == sorted(seen, reverse=True) and typed == sorted(typed, reverse=True)  # newest first throughout
+    assert set(seen) - set(existing) <= set(created_meanwhile) and not set(typed) & set(existing[250:])
+    assert len(created_meanwhile) > 45  # the walks really ran while tasks were being created
+
+
+def test_cursor_pages_keep_the_total_and_the_filters(sql):
+    insert_tasks(sql, 5, task_type="a")
+    insert_tasks(sql, 4, task_type="b", status="completed")
+    insert_tasks(sql, 3, task_type="a", status="completed")
+    pages = walk(status="completed", task_type="a", limit="2")
+    assert [ids(page) for page in pages] == [[12, 11], [10]]
+    assert {page["total"] for page in pages} == {3}
+    pages = walk(status="completed", limit="3")
+    assert [ids(page) for page in pages] == [[12, 11, 10], [9, 8, 7], [6]]
+    assert {page["total"] for page in pages} == {7}
+    first, _ = list_page(limit="4")
+    second, _ = list_page(limit="100", cursor=first["next_cursor"])  # the limit may change between pages
+    assert ids(second) == list(range(8, 0, -1)) and second["total"] == 12
+    assert list_page(cursor="", limit="2")[0]["tasks"] == first["tasks"][:2]  # an empty cursor is no cursor
+
+
+# --- cursors that are refused ---------------------------------------------------------------------
+
+
+def test_cursor_with_an_offset_is_a_400(sql):
+    insert_tasks(sql, 3)
+    first, _ = list_page(limit="1")
+    status, body = list_error(limit="1", offset="1", cursor=first["next_cursor"])
+    assert status == 400 and "cursor and offset cannot be combined" in body["error"]
+    assert list_page(limit="1", offset="0", cursor=first["next_cursor"])[0]["tasks"][0]["id"] == 2  # offset 0 is none
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["garbage", "!!!", "x" * 2000, "eyJ2IjoxfQ", "e30", b64(b"\xff\xfe"), b64(b"[1]"),
+     b64(b'{"v":1,"before":0,"filters":{}}'), b64(b'{"v":1,"before":"5","filters":{}}'),
+     b64(b'{"v":1,"before":5.0,"filters":{}}'), b64(b'{"v":true,"before":5,"filters":{}}'),
+     b64(b'{"v":2,"before":5,"filters":{}}'), b64(b'{"v":1,"before":9223372036854775808,"filters":{}}'),
+     b64(b'{"v":1,"before":5,"filters":{"status":"done"}}'), b64(b'{"v":1,"before":5,"filters":{"x":1}}'),
+     b64(b'{"v":1,"before":5,"filters":{},"more":1}'), "eyJ2IjoxLCJiZWZvcmUiOjUsImZpbHRlcnMiOnt9fQ==="],
+)
+def test_a_malformed_cursor_is_a_400(sql, cursor):
+    insert_tasks(sql, 2)
+    status, body = list_error(cursor=cursor)
+    assert status == 400, body
+    assert body["error"] == "cursor is malformed: pass the next_cursor of a previous page unchanged"
+
+
+@pytest.mark.parametrize(
+    "made_with, used_with, differing",
+    [({}, {"status": "pending"}, "status"), ({"status": "pending"}, {}, "status"),
+     ({"task_type": "a"}, {"task_type": "b"}, "task_type"),
+     ({"status": "pending", "task_type": "a"}, {"status": "completed"}, "status, task_type")],
+)
+def test_a_cursor_made_for_other_filters_is_a_400(sql, made_with, used_with, differing):
+    insert_tasks(sql, 3, task_type="a")
+    first, _ = list_page(limit="1", **made_with)
+    status, body = list_error(limit="1", cursor=first["next_cursor"], **used_with)
+    assert status == 400
+    assert body["error"].startswith(f"cursor was made for other filters ({differing}):")
 
 
 # --- single tasks that fit ------------------------------------------------------------------------

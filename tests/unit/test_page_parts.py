@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -10,8 +11,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from atcore import api
-from atcore.api import MAX_TASK_BYTES, dumps_json
-from atcore.models import MAX_BODY_BYTES, MAX_STORED_PAYLOAD_BYTES, _exponent_growth, check_stored_payload_size
+from atcore.api import MAX_TASK_BYTES, dumps_json, page_response
+from atcore.models import (
+    CURSOR_MAX_LENGTH,
+    MAX_BODY_BYTES,
+    MAX_STORED_PAYLOAD_BYTES,
+    TASK_TYPE_MAX_LENGTH,
+    ListFilters,
+    Task,
+    TaskListing,
+    TaskPage,
+    TaskStatus,
+    _exponent_growth,
+    check_stored_payload_size,
+    make_cursor,
+    read_cursor,
+)
+
+INT64_MAX = 9_223_372_036_854_775_807
 
 
 def test_bodies_are_utf8_not_escaped():
@@ -23,6 +40,68 @@ def test_the_largest_task_fits_in_one_response():
     assert api.LAMBDA_RESPONSE_LIMIT == 6_291_456
     assert MAX_TASK_BYTES * 2 < api.LAMBDA_RESPONSE_LIMIT
     assert MAX_STORED_PAYLOAD_BYTES >= 4 * MAX_BODY_BYTES  # a 256 KiB body of 1e15s (about 1 MB) is accepted
+
+
+# --- the page writer ------------------------------------------------------------------------------
+
+
+def task(task_id: int, payload: object = None, **fields) -> Task:
+    moment = datetime(2099, 1, 1, tzinfo=UTC)
+    return Task(id=task_id, execute_at=moment, task_type="t", payload={"n": task_id} if payload is None else payload,
+                status=TaskStatus.PENDING, attempts=0, max_attempts=3, created_at=moment, updated_at=moment, **fields)
+
+
+def listing(tasks: list[Task], *, more: bool = False, total: int | None = None, filters=None) -> TaskListing:
+    return TaskListing(tasks=tasks, total=len(tasks) if total is None else total, more=more,
+                       filters=filters or ListFilters())
+
+
+def body_of(response) -> dict:
+    assert response.status_code == 200 and response.content_type == "application/json"
+    assert isinstance(response.body, str)  # written once: Powertools passes a str body on as is
+    return json.loads(response.body)
+
+
+def test_a_page_is_the_task_page_shape():
+    tasks = [task(3, {"é": [1.5, None]}, error_message="x"), task(2), task(1)]
+    body = body_of(page_response(listing(tasks, more=True, total=9)))
+    expected = TaskPage(tasks=tasks, total=9, next_cursor=make_cursor(ListFilters(), 1))
+    assert body == expected.model_dump(mode="json")
+    assert body_of(page_response(listing([], total=4))) == {"tasks": [], "total": 4}
+    assert body_of(page_response(listing(tasks))) == TaskPage(tasks=tasks, total=3).model_dump(mode="json")
+
+
+# --- cursors --------------------------------------------------------------------------------------
+
+
+@given(
+    st.sampled_from([None, *TaskStatus]),
+    st.none() | st.text(min_size=1, max_size=TASK_TYPE_MAX_LENGTH),
+    st.integers(1, INT64_MAX),
+)
+def test_a_cursor_reads_back_for_its_filters_only(status, task_type, before):
+    filters = ListFilters(status=status, task_type=task_type)
+    cursor = make_cursor(filters, before)
+    assert cursor.isascii() and len(cursor) <= CURSOR_MAX_LENGTH and "=" not in cursor
+    assert read_cursor(cursor, filters) == before
+    other = ListFilters(status=status, task_type=(task_type or "") + "x")
+    with pytest.raises(ValueError, match=r"^cursor was made for other filters \(task_type\)"):
+        read_cursor(cursor, other)
+
+
+def test_the_longest_cursor_is_within_its_documented_length():
+    longest = make_cursor(ListFilters(status=TaskStatus.PROCESSING, task_type="😀" * TASK_TYPE_MAX_LENGTH), INT64_MAX)
+    assert len(longest) == 380 < CURSOR_MAX_LENGTH
+
+
+@given(st.text(max_size=300))
+def test_any_other_text_is_malformed_or_a_cursor(text):
+    try:
+        read_cursor(text, ListFilters())
+    except ValueError as exc:
+        assert str(exc) == "cursor is malformed: pass the next_cursor of a previous page unchanged" or (
+            str(exc).startswith("cursor was made for other filters")
+        )
 
 
 # --- the stored size ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from aws_lambda_powertools.shared.json_encoder import Encoder
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from atcore.errors import AtError, PayloadTooLarge
-from atcore.models import MAX_BODY_BYTES, MAX_STORED_PAYLOAD_BYTES, ErrorBody, ErrorDetail
+from atcore.models import MAX_BODY_BYTES, MAX_STORED_PAYLOAD_BYTES, ErrorBody, ErrorDetail, TaskListing
 from atcore.observability import logger, metrics, tracer
 
 JSON = "application/json"
@@ -56,6 +56,18 @@ def dumps_json(value: Any) -> str:
     """Every JSON body: compact, and non-ASCII text as UTF-8, not \\uXXXX escapes (three times the size).
     The python3.13 runtime sends it on as UTF-8 too (its marshaller has ensure_ascii=False)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, cls=Encoder)
+
+
+def page_response(listing: TaskListing) -> Response:
+    """200 with the listing's tasks, newest first, and next_cursor after the last one while more
+    follow; each task serialized once (a returned TaskPage would be validated and dumped again)."""
+    fragments = [dumps_json(task.model_dump(mode="json")) for task in listing.tasks]
+    rest: dict[str, Any] = {"total": listing.total}
+    if fragments and listing.more:
+        rest["next_cursor"] = listing.cursor_after(listing.tasks[-1])
+    # TaskPage's shape, written around the fragments: {"tasks":[...],"total":N,"next_cursor":"..."}
+    body = '{"tasks":[' + ",".join(fragments) + "]," + dumps_json(rest)[1:]
+    return Response(status_code=HTTPStatus.OK, content_type=JSON, body=body)
 
 
 def error_responses(*statuses: int, **descriptions: str) -> dict[int, OpenAPIResponse]:

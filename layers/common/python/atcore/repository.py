@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from atcore.db import Connection
-from atcore.models import CreateTaskRequest, Task, TaskPage, TaskStatus
+from atcore.models import CreateTaskRequest, ListFilters, Task, TaskListing, TaskStatus
 from atcore.sql import query
 
 # The dispatcher never sleeps longer than this; creates due sooner wake it (create_task SQL).
@@ -50,18 +50,21 @@ def task_status(conn: Connection, task_id: int) -> TaskStatus | None:
 
 
 def list_tasks(
-    conn: Connection, *, status: TaskStatus | None, task_type: str | None, limit: int, offset: int
-) -> TaskPage:
+    conn: Connection, *, filters: ListFilters, before_id: int | None, limit: int, offset: int
+) -> TaskListing:
+    """Up to `limit` tasks matching `filters`, newest first, from `offset` on or below `before_id`."""
     rows = conn.run(
         query("list_tasks"),
-        status=None if status is None else status.value,
-        task_type=task_type,
-        limit=limit,
+        status=None if filters.status is None else filters.status.value,
+        task_type=filters.task_type,
+        before_id=before_id,
+        limit=limit + 1,  # one more than shown: whether another page follows
         offset=offset,
     )
     total = rows[0][0]
-    tasks = [_task(row[1:]) for row in rows if row[1] is not None]
-    return TaskPage(tasks=tasks, total=total)
+    found = [row for row in rows if row[1] is not None]
+    tasks = [_task(row[1:]) for row in found[:limit]]
+    return TaskListing(tasks=tasks, total=total, more=len(found) > limit, filters=filters)
 
 
 def ping(conn: Connection) -> None:

@@ -4,8 +4,8 @@ repository inside one pooled connection each."""
 from __future__ import annotations
 
 from atcore import db, repository
-from atcore.errors import PayloadTooLarge, TaskNotCancellable, TaskNotFound
-from atcore.models import CreateTaskRequest, Task, TaskPage, TaskStatus, check_stored_payload_size
+from atcore.errors import InvalidRequest, PayloadTooLarge, TaskNotCancellable, TaskNotFound
+from atcore.models import CreateTaskRequest, ListFilters, Task, TaskListing, check_stored_payload_size, read_cursor
 from atcore.observability import logger
 
 
@@ -41,9 +41,18 @@ def cancel_task(task_id: int) -> Task:
     raise TaskNotCancellable(f"task {task_id} is already {status.value} and cannot be cancelled")
 
 
-def list_tasks(*, status: TaskStatus | None, task_type: str | None, limit: int, offset: int) -> TaskPage:
+def list_tasks(filters: ListFilters, *, limit: int, offset: int, cursor: str | None) -> TaskListing:
+    """One page of the tasks matching `filters`: from `offset` on, or after the page `cursor` ended."""
+    before_id = None
+    if cursor is not None:
+        if offset:
+            raise InvalidRequest("cursor and offset cannot be combined: the cursor says where the page starts")
+        try:
+            before_id = read_cursor(cursor, filters)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
     with db.connection() as conn:
-        return repository.list_tasks(conn, status=status, task_type=task_type, limit=limit, offset=offset)
+        return repository.list_tasks(conn, filters=filters, before_id=before_id, limit=limit, offset=offset)
 
 
 def check_health() -> None:

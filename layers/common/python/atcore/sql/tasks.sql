@@ -43,11 +43,16 @@ SELECT 1
 -- same for 10 or 10 million matching tasks. The page's ids come from an index-only scan of the
 -- filter's index, so a deep offset skips index entries, not table rows; only the page's rows
 -- are read from the table. When the page is empty the single row carries the total.
+-- A cursor's page starts below the last id of the page before (before_id; NULL without a
+-- cursor): keyset paging on the same indexes, so tasks created meanwhile (higher ids) neither
+-- shift it nor repeat in it. The caller asks for one row more than it shows, to learn whether
+-- another page follows; the total ignores before_id, as it ignores limit and offset.
 WITH page_ids AS (
     SELECT id
     FROM scheduled_tasks
     WHERE (CAST(:status AS text) IS NULL OR status = :status)
       AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type)
+      AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)
     ORDER BY id DESC LIMIT :limit OFFSET :offset
 ),
 page AS (
