@@ -21,14 +21,16 @@ app = TaskApiResolver()
 
 
 # No return annotation (Powertools would validate and serialize the page again): page_response writes
-# the body, each task serialized once; the 200 response's schema is named here.
+# the body, each task serialized once to measure what fits; the 200 response's schema is named here.
 @app.get(
     "/api/v1/tasks",
     operation_id="list_tasks",
     summary="List tasks, newest first",
     description=(
+        "A page holds at most `limit` tasks, and fewer when their size would not fit in one response; "
         "`next_cursor` is present whenever more tasks match. Walking pages with `cursor` never repeats "
-        "or skips a task, whatever is created meanwhile."
+        "or skips a task, whatever is created meanwhile; with `offset`, advance it by the number of "
+        "tasks received."
     ),
     responses={
         200: {

@@ -1,5 +1,9 @@
-"""What the API functions answer, as Lambda carries it: through the real handlers, against the
-real PostgreSQL."""
+"""GET /api/v1/tasks pages that always fit in one Lambda response, cursor paging, and single-task
+answers that always fit: through the real handlers, against the real PostgreSQL.
+
+"Fits" is measured as Lambda's python3.13 runtime marshals what a handler returns: the whole proxy
+dict, json.dumps(..., ensure_ascii=False) in UTF-8, with U+2028/U+2029 escaped as simplejson (the
+runtime interface client's encoder) does. The limit is 6,291,456 bytes."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import threading
 
 import pytest
 
-from atcore.api import MAX_TASK_BYTES
+from atcore.api import MAX_TASK_BYTES, PAGE_BUDGET, RESPONSE_MARGIN, dumps_json, envelope_bytes
 from atcore.models import MAX_BODY_BYTES, MAX_STORED_PAYLOAD_BYTES
 from conftest import invoke_raw, load_event
 
@@ -89,7 +93,73 @@ def insert_tasks(sql, count: int, task_type: str = "t", status: str = "pending")
     return [row[0] for row in rows]
 
 
-# --- cursor pages -------------------------------------------------------------------------------
+def e_body() -> str:
+    """A create body of 256 KiB whose payload is one string of "é" (2 bytes each in UTF-8)."""
+    envelope = body_of('""')
+    return body_of('"' + "é" * ((MAX_BODY_BYTES - len(envelope.encode())) // 2) + '"')
+
+
+# --- pages that fit -----------------------------------------------------------------------------
+
+
+def test_seven_tasks_of_256_kib_of_e_are_one_page_that_fits(sql):
+    # The attack: with \u00e9 escapes (its backslash escaped again in the envelope) each was ~917 KB,
+    # so the seven made 6.4 MB and API Gateway answered 502 for the page, for everyone.
+    body = e_body()
+    assert len(body.encode()) <= MAX_BODY_BYTES
+    created = [create(body) for _ in range(7)]
+    page, size = list_page()
+    assert ids(page) == [task["id"] for task in reversed(created)] and page["total"] == 7
+    assert "next_cursor" not in page
+    assert size < 7 * 300_000  # UTF-8: about 262 KB a task
+
+
+def test_a_page_that_would_not_fit_holds_fewer_tasks_and_next_cursor_goes_on(sql):
+    # 30 tasks of 256 KiB of "é" are 7.9 MB in UTF-8: more than one response carries.
+    body = e_body()
+    created = sorted((create(body)["id"] for _ in range(30)), reverse=True)
+    pages = walk(limit="100")
+    assert len(pages) == 2
+    first, second = pages
+    assert 0 < len(first["tasks"]) < 30 and first["total"] == second["total"] == 30
+    assert [i for page in pages for i in ids(page)] == created  # none repeated, none skipped, in order
+    assert "next_cursor" not in second
+    # The page is cut by the budget, not far below it: one more task would not have fitted.
+    _, size = list_page(limit="100")
+    assert size <= PAGE_BUDGET + 1024 and size + 270_000 > PAGE_BUDGET
+    # A client of the original API advances offset by the number of tasks received.
+    by_offset, offset = [], 0
+    while offset < 30:
+        page, _ = list_page(limit="100", offset=str(offset))
+        assert page["tasks"], offset
+        by_offset += ids(page)
+        offset += len(page["tasks"])
+    assert by_offset == created
+
+
+def test_what_a_page_adds_around_its_tasks_is_a_small_part_of_the_margin(sql):
+    # The proxy dict's other members, {"tasks":[...],"total":N} and a next_cursor carrying a
+    # 50-character task_type of 4-byte characters (380 characters at most) are what
+    # RESPONSE_MARGIN must hold besides room for later headers.
+    task_type = "😀" * 50
+    insert_tasks(sql, 2, task_type=task_type)
+    response = list_raw(limit="1", task_type=task_type, status="pending")
+    page = json.loads(response["body"])
+    assert len(page["tasks"]) == 1 and len(page["next_cursor"]) > 350
+    overhead = runtime_bytes(response) - envelope_bytes(dumps_json(page["tasks"][0]))
+    assert 0 < overhead < 1024 and overhead * 50 < RESPONSE_MARGIN
+
+
+def test_seven_of_the_largest_tasks_need_more_than_one_page(sql):
+    # A 256 KiB body of 1e15s is stored as about 1 MB of digits (1000000000000000.0), the largest
+    # task a create accepts: seven of them do not fit in one response.
+    count = (MAX_BODY_BYTES - len(body_of("[]"))) // 5
+    body = body_of("[" + ",".join(["1e15"] * count) + "]")
+    created = sorted((create(body)["id"] for _ in range(7)), reverse=True)
+    pages = walk()
+    assert len(pages[0]["tasks"]) < 7 and len(pages) > 1
+    assert [i for page in pages for i in ids(page)] == created
+    assert all(page["total"] == 7 for page in pages)
 
 
 def test_next_cursor_only_while_more_tasks_match(sql):
@@ -246,7 +316,7 @@ def test_every_worst_256_kib_body_is_answered_in_one_response_or_refused(sql):
         fits_everywhere(sql, json.loads(response["body"])["task"])
 
 
-def test_the_worst_task_of_all_fits(sql):
+def test_the_worst_task_of_all_fits_and_is_the_first_of_its_page(sql):
     # Every field at its worst at once: task_type of 50 quotes, the 1e15 payload, and an
     # error_message of 1,000 characters (the engine's cut) that are escaped twice over.
     body = terse_body("1e15", task_type='"' * 50)
@@ -254,6 +324,12 @@ def test_the_worst_task_of_all_fits(sql):
     sql.run("UPDATE scheduled_tasks SET status = 'failed', attempts = 3, completed_at = now(), error_message = :m",
             m="\u2028\x01" * 500)
     fits_everywhere(sql, task, cancel=False)
+    big = create(body)  # a page of many such tasks is cut, and the first always fits
+    for _ in range(8):
+        create(body)
+    pages = walk(limit="100")
+    assert len(pages) > 1 and ids(pages[0])[0] == big["id"] + 8
+    assert [i for page in pages for i in ids(page)] == list(range(big["id"] + 8, task["id"] - 1, -1))
 
 
 def test_a_payload_stored_beyond_1_mib_is_a_413_and_nothing_is_stored(sql):

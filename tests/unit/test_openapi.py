@@ -103,10 +103,13 @@ def test_parameters_say_what_a_client_may_send(document):
     assert query["cursor"]["schema"]["type"] == "string" and "next_cursor" in query["cursor"]["schema"]["description"]
 
 
-def test_pages_document_next_cursor(document):
+def test_pages_document_next_cursor_and_short_pages(document):
     page = document["components"]["schemas"]["TaskPage"]
     assert set(page["required"]) == {"tasks", "total"}  # next_cursor only while more tasks follow
     assert page["properties"]["next_cursor"]["type"] == "string"
+    assert "fewer than `limit`" in page["properties"]["next_cursor"]["description"]
+    listing = operations(document)["get", "/api/v1/tasks"]
+    assert "fewer when their size would not fit" in listing["description"]
 
 
 def test_task_schema_omits_unset_optionals(document):

@@ -1,4 +1,6 @@
-"""Response bodies on their own (no database)."""
+"""The parts of "pages that always fit" on their own (no database): the envelope measure against
+the runtime's marshalling, the page writer with a small budget, the cursor format, and the
+stored size of payloads whose numbers PostgreSQL writes out in full."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from atcore import api
-from atcore.api import MAX_TASK_BYTES, dumps_json, page_response
+from atcore.api import MAX_TASK_BYTES, PAGE_BUDGET, dumps_json, envelope_bytes, page_response
 from atcore.models import (
     CURSOR_MAX_LENGTH,
     MAX_BODY_BYTES,
@@ -29,6 +31,34 @@ from atcore.models import (
 )
 
 INT64_MAX = 9_223_372_036_854_775_807
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+def runtime_body_bytes(body: str) -> int:
+    """What `body` adds to the proxy dict as the python3.13 runtime marshals it (json or simplejson
+    with ensure_ascii=False; simplejson also escapes U+2028/U+2029)."""
+    def marshal(text: str) -> int:
+        dumped = json.dumps({"statusCode": 200, "body": text}, ensure_ascii=False)
+        return len(dumped.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode("utf-8"))
+
+    return marshal(body) - marshal("") + 2  # and its two quotes
+
+
+@given(JSON_VALUES)
+def test_envelope_bytes_is_what_the_runtime_sends(value):
+    text = dumps_json(value)
+    assert envelope_bytes(text) + 2 == runtime_body_bytes(text)
+
+
+@given(st.text())
+def test_envelope_bytes_of_any_string_value(text):
+    body = dumps_json({"s": text})
+    assert envelope_bytes(body) + 2 == runtime_body_bytes(body)
+    assert envelope_bytes(body) <= 2 * len(body.encode("utf-8"))  # the doubling MAX_TASK_BYTES assumes
 
 
 def test_bodies_are_utf8_not_escaped():
@@ -36,9 +66,9 @@ def test_bodies_are_utf8_not_escaped():
     assert json.loads(dumps_json({"é": "🙂\u2028"})) == {"é": "🙂\u2028"}
 
 
-def test_the_largest_task_fits_in_one_response():
+def test_the_largest_task_fits_several_times_in_a_page():
     assert api.LAMBDA_RESPONSE_LIMIT == 6_291_456
-    assert MAX_TASK_BYTES * 2 < api.LAMBDA_RESPONSE_LIMIT
+    assert MAX_TASK_BYTES * 2 < PAGE_BUDGET < api.LAMBDA_RESPONSE_LIMIT
     assert MAX_STORED_PAYLOAD_BYTES >= 4 * MAX_BODY_BYTES  # a 256 KiB body of 1e15s (about 1 MB) is accepted
 
 
@@ -69,6 +99,25 @@ def test_a_page_is_the_task_page_shape():
     assert body == expected.model_dump(mode="json")
     assert body_of(page_response(listing([], total=4))) == {"tasks": [], "total": 4}
     assert body_of(page_response(listing(tasks))) == TaskPage(tasks=tasks, total=3).model_dump(mode="json")
+
+
+def test_the_page_stops_before_the_first_task_that_would_not_fit(monkeypatch):
+    tasks = [task(i, "x" * 1000) for i in range(10, 0, -1)]
+    one = envelope_bytes(dumps_json(tasks[0].model_dump(mode="json"))) + 1
+    monkeypatch.setattr(api, "PAGE_BUDGET", 3 * one + one // 2)
+    body = body_of(page_response(listing(tasks, filters=ListFilters(task_type="t"))))
+    assert [t["id"] for t in body["tasks"]] == [10, 9, 8]
+    assert read_cursor(body["next_cursor"], ListFilters(task_type="t")) == 8
+    monkeypatch.setattr(api, "PAGE_BUDGET", 3 * one)
+    assert len(body_of(page_response(listing(tasks)))["tasks"]) == 3  # exactly full
+
+
+def test_the_first_task_is_always_shown(monkeypatch):
+    monkeypatch.setattr(api, "PAGE_BUDGET", 10)
+    body = body_of(page_response(listing([task(2), task(1)])))
+    assert [t["id"] for t in body["tasks"]] == [2] and read_cursor(body["next_cursor"], ListFilters()) == 2
+    body = body_of(page_response(listing([task(1)])))
+    assert [t["id"] for t in body["tasks"]] == [1] and "next_cursor" not in body
 
 
 # --- cursors --------------------------------------------------------------------------------------

@@ -44,11 +44,15 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
 # Lambda's limit on a synchronous invocation's response: the whole proxy dict as the runtime
 # marshals it, where the body is a JSON string inside JSON, so its quotes and backslashes count twice.
 LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024  # 6,291,456 bytes
-# The largest single task: its payload is at most MAX_STORED_PAYLOAD_BYTES of JSON as answered (a
-# create rule), its other fields under 8 KiB (task_type has at most 50 characters, error_message is
-# cut at 1,000), and the envelope at most doubles JSON text (one more byte for a quote or
-# backslash, three for a 3-byte U+2028). So every single-task answer fits in one Lambda response
-# (tests/integration/test_pages.py).
+# Kept free of tasks: the rest of the proxy dict (status, headers, flags: under 200 bytes), a page's
+# own text around its tasks (total, next_cursor: under 1.2 KB), and room for headers added later.
+RESPONSE_MARGIN = 64 * 1024
+PAGE_BUDGET = LAMBDA_RESPONSE_LIMIT - RESPONSE_MARGIN
+# The largest single task, as a page measures it: its payload is at most MAX_STORED_PAYLOAD_BYTES of
+# JSON as answered (a create rule), its other fields under 8 KiB (task_type has at most 50
+# characters, error_message is cut at 1,000), and the envelope at most doubles JSON text (one more
+# byte for a quote or backslash, three for a 3-byte U+2028). Under a third of PAGE_BUDGET, so the
+# first task of a page always fits, as does every single-task answer (tests/integration/test_pages.py).
 MAX_TASK_BYTES = 2 * (MAX_STORED_PAYLOAD_BYTES + 8 * 1024)
 
 
@@ -58,13 +62,33 @@ def dumps_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, cls=Encoder)
 
 
+def envelope_bytes(text: str) -> int:
+    """Bytes the JSON text `text` takes as (part of) a body in the response the runtime sends: its
+    UTF-8, plus what is escaped once more there. JSON text holds no raw control characters, so that
+    is a quote or backslash (one byte more) and U+2028/U+2029 (3 bytes become the 6 of \\u2028:
+    simplejson, the runtime interface client's encoder, escapes them even with ensure_ascii=False)."""
+    escaped = text.count('"') + text.count("\\")
+    if text.isascii():
+        return len(text) + escaped
+    return len(text.encode("utf-8")) + escaped + 3 * (text.count("\u2028") + text.count("\u2029"))
+
+
 def page_response(listing: TaskListing) -> Response:
-    """200 with the listing's tasks, newest first, and next_cursor after the last one while more
-    follow; each task serialized once (a returned TaskPage would be validated and dumped again)."""
-    fragments = [dumps_json(task.model_dump(mode="json")) for task in listing.tasks]
+    """200 with the listing's tasks, newest first, as many as one response carries: each task is
+    serialized once and measured; the first that would not fit ends the page (the first task always
+    fits, see MAX_TASK_BYTES), and next_cursor continues after the last one shown."""
+    fragments: list[str] = []
+    used = 0
+    for task in listing.tasks:
+        fragment = dumps_json(task.model_dump(mode="json"))
+        size = envelope_bytes(fragment) + 1  # and its comma
+        if fragments and used + size > PAGE_BUDGET:
+            break
+        fragments.append(fragment)
+        used += size
     rest: dict[str, Any] = {"total": listing.total}
-    if fragments and listing.more:
-        rest["next_cursor"] = listing.cursor_after(listing.tasks[-1])
+    if fragments and (listing.more or len(fragments) < len(listing.tasks)):
+        rest["next_cursor"] = listing.cursor_after(listing.tasks[len(fragments) - 1])
     # TaskPage's shape, written around the fragments: {"tasks":[...],"total":N,"next_cursor":"..."}
     body = '{"tasks":[' + ",".join(fragments) + "]," + dumps_json(rest)[1:]
     return Response(status_code=HTTPStatus.OK, content_type=JSON, body=body)

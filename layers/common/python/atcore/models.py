@@ -411,7 +411,7 @@ class TaskEnvelope(BaseModel):
 
 
 class TaskPage(BaseModel):
-    """One page of GET /api/v1/tasks."""
+    """One page of GET /api/v1/tasks: fewer than `limit` tasks when more would not fit in one response."""
 
     tasks: list[Task]
     total: int = Field(description="Tasks matching the filters, ignoring limit, offset and cursor.")
@@ -421,14 +421,15 @@ class TaskPage(BaseModel):
         json_schema_extra=_without_default,
         description=(
             "Present only when more tasks match beyond this page: pass it as `cursor`, with the same filters, "
-            "for the next page."
+            "for the next page. A page holds fewer than `limit` tasks when they would not fit in one response; "
+            "then follow next_cursor, or advance `offset` by the number of tasks received."
         ),
     )
 
 
 @dataclass(frozen=True)
 class TaskListing:
-    """A page as the database gave it, before atcore.api.page_response writes it."""
+    """A page as the database gave it, before atcore.api.page_response fits it into one response."""
 
     tasks: list[Task]  # at most `limit`, newest first
     total: int
