@@ -5,7 +5,7 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from atcore import service
-from atcore.api import JSON, TaskApiResolver, api_entrypoint, error_responses, page_response
+from atcore.api import JSON, PAGE_BUDGET, TaskApiResolver, api_entrypoint, error_responses, page_response
 from atcore.models import (
     DEFAULT_PAGE_SIZE,
     ListFilters,
@@ -48,7 +48,8 @@ def list_tasks(
     cursor: Annotated[PageCursor, Query()] = None,
 ):
     filters = ListFilters(status=status, task_type=task_type)
-    return page_response(service.list_tasks(filters, limit=limit, offset=offset, cursor=cursor))
+    listing = service.list_tasks(filters, limit=limit, offset=offset, cursor=cursor, max_bytes=PAGE_BUDGET)
+    return page_response(listing)
 
 
 lambda_handler = api_entrypoint(app)

@@ -17,6 +17,9 @@ _TASK_COLUMNS = (
 )  # fmt: skip
 
 
+_PAYLOAD = 1 + _TASK_COLUMNS.index("payload")  # in a list_tasks row, after the total
+
+
 def _task(row: list) -> Task:
     return Task.model_validate(dict(zip(_TASK_COLUMNS, row, strict=True)))
 
@@ -50,9 +53,10 @@ def task_status(conn: Connection, task_id: int) -> TaskStatus | None:
 
 
 def list_tasks(
-    conn: Connection, *, filters: ListFilters, before_id: int | None, limit: int, offset: int
+    conn: Connection, *, filters: ListFilters, before_id: int | None, limit: int, offset: int, max_bytes: int
 ) -> TaskListing:
-    """Up to `limit` tasks matching `filters`, newest first, from `offset` on or below `before_id`."""
+    """Up to `limit` tasks matching `filters`, newest first, from `offset` on or below `before_id`.
+    Rows after the first `max_bytes` of payload text are not read; they are left for a later page."""
     rows = conn.run(
         query("list_tasks"),
         status=None if filters.status is None else filters.status.value,
@@ -60,11 +64,13 @@ def list_tasks(
         before_id=before_id,
         limit=limit + 1,  # one more than shown: whether another page follows
         offset=offset,
+        max_bytes=max_bytes,
     )
     total = rows[0][0]
-    found = [row for row in rows if row[1] is not None]
-    tasks = [_task(row[1:]) for row in found[:limit]]
-    return TaskListing(tasks=tasks, total=total, more=len(found) > limit, filters=filters)
+    found = [row for row in rows if row[1] is not None]  # the page's ids, newest first
+    read = [row for row in found if row[_PAYLOAD] is not None]  # those read whole (payload is never NULL)
+    tasks = [_task(row[1:]) for row in read[:limit]]
+    return TaskListing(tasks=tasks, total=total, more=len(found) > len(tasks), filters=filters)
 
 
 def ping(conn: Connection) -> None:

@@ -41,8 +41,9 @@ def cancel_task(task_id: int) -> Task:
     raise TaskNotCancellable(f"task {task_id} is already {status.value} and cannot be cancelled")
 
 
-def list_tasks(filters: ListFilters, *, limit: int, offset: int, cursor: str | None) -> TaskListing:
-    """One page of the tasks matching `filters`: from `offset` on, or after the page `cursor` ended."""
+def list_tasks(filters: ListFilters, *, limit: int, offset: int, cursor: str | None, max_bytes: int) -> TaskListing:
+    """One page of the tasks matching `filters`: from `offset` on, or after the page `cursor` ended;
+    tasks past the first `max_bytes` of payload are left for the next page."""
     before_id = None
     if cursor is not None:
         if offset:
@@ -52,7 +53,9 @@ def list_tasks(filters: ListFilters, *, limit: int, offset: int, cursor: str | N
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
     with db.connection() as conn:
-        return repository.list_tasks(conn, filters=filters, before_id=before_id, limit=limit, offset=offset)
+        return repository.list_tasks(
+            conn, filters=filters, before_id=before_id, limit=limit, offset=offset, max_bytes=max_bytes
+        )
 
 
 def check_health() -> None:
