@@ -19,9 +19,10 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.shared.json_encoder import Encoder
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import TypeAdapter
 
 from atcore.errors import AtError, PayloadTooLarge
-from atcore.models import MAX_BODY_BYTES, MAX_STORED_PAYLOAD_BYTES, ErrorBody, ErrorDetail, TaskListing
+from atcore.models import MAX_BODY_BYTES, MAX_STORED_PAYLOAD_BYTES, ErrorBody, ErrorDetail, Task, TaskListing
 from atcore.observability import logger, metrics, tracer
 
 JSON = "application/json"
@@ -56,10 +57,15 @@ PAGE_BUDGET = LAMBDA_RESPONSE_LIMIT - RESPONSE_MARGIN
 MAX_TASK_BYTES = 2 * (MAX_STORED_PAYLOAD_BYTES + 8 * 1024)
 
 
+# One encoder for every body (json.dumps with cls= builds a new one per call: half the time of a small task).
+_ENCODER = Encoder(separators=(",", ":"), ensure_ascii=False)
+_TASKS = TypeAdapter(list[Task])
+
+
 def dumps_json(value: Any) -> str:
     """Every JSON body: compact, and non-ASCII text as UTF-8, not \\uXXXX escapes (three times the size).
     The python3.13 runtime sends it on as UTF-8 too (its marshaller has ensure_ascii=False)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, cls=Encoder)
+    return _ENCODER.encode(value)
 
 
 def envelope_bytes(text: str) -> int:
@@ -79,8 +85,8 @@ def page_response(listing: TaskListing) -> Response:
     fits, see MAX_TASK_BYTES), and next_cursor continues after the last one shown."""
     fragments: list[str] = []
     used = 0
-    for task in listing.tasks:
-        fragment = dumps_json(task.model_dump(mode="json"))
+    for task in _TASKS.dump_python(listing.tasks, mode="json"):  # one call: faster than one per task
+        fragment = dumps_json(task)
         size = envelope_bytes(fragment) + 1  # and its comma
         if fragments and used + size > PAGE_BUDGET:
             break
