@@ -537,7 +537,7 @@ EXPECTED_PARAMETERS = {
     "cancel_task": ["id"],
     "task_status": ["id"],
     "ping": [],
-    "list_tasks": ["status", "task_type", "limit", "offset"],
+    "list_tasks": ["status", "task_type", "before_id", "limit", "offset", "max_bytes"],
     "claim_due_tasks": ["lease_seconds", "batch_size"],
     "hand_over_due_tasks": ["handoff_seconds", "batch_size"],
     "start_attempts": ["lease_seconds", "ids", "attempts"],
@@ -660,8 +660,9 @@ def test_list_tasks_query_filters_by_status_and_type(sql, through):
         with db.connection() as conn:  # the product's connection (pointed at this database by `database`)
             return conn.run(text, **params)
 
-    def run(status=None, task_type=None, limit=50, offset=0):
-        rows = execute(query("list_tasks"), status=status, task_type=task_type, limit=limit, offset=offset)
+    def run(status=None, task_type=None, limit=50, offset=0, before_id=None, max_bytes=10**6):
+        rows = execute(query("list_tasks"), status=status, task_type=task_type, before_id=before_id, limit=limit,
+                       offset=offset, max_bytes=max_bytes)
         return rows[0][0], [row[1] for row in rows if row[1] is not None], rows
 
     total, listed, _ = run()
@@ -676,6 +677,18 @@ def test_list_tasks_query_filters_by_status_and_type(sql, through):
     assert (total, len(listed)) == (7, 1)
     total, listed, rows = run(offset=100)  # past the end: the total, and one row of NULLs
     assert (total, listed) == (7, []) and len(rows) == 1 and set(rows[0][1:]) == {None}
+    everything = sorted((i for v in ids.values() for i in v), reverse=True)
+    assert run(before_id=everything[2])[:2] == (7, everything[3:])  # a cursor's page: below its id; same total
+    b_tasks = sorted(ids[("pending", "b")] + ids[("failed", "b")] + ids[("completed", "b")], reverse=True)
+    assert run(task_type="b", before_id=b_tasks[0], limit=1)[:2] == (3, b_tasks[1:2])
+    assert run(before_id=min(everything))[:2] == (7, [])
+    # Rows after the first max_bytes of payload text come back as their id alone, in order.
+    total, listed, rows = run(max_bytes=1)
+    assert (total, listed) == (7, everything) and rows[0][4] is not None
+    assert all(row[2:] == [None] * 10 for row in rows[1:])
+    payload_bytes = sql.run("SELECT octet_length(payload::text) FROM scheduled_tasks WHERE id = :id", id=everything[0])
+    rows = run(max_bytes=payload_bytes[0][0] + 1)[2]
+    assert [row[4] is not None for row in rows] == [True, True] + [False] * 5
 
 
 @pytest.mark.parametrize("payload", [{"a": [1, "x"]}, "text", 42, [None], True])
