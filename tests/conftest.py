@@ -6,92 +6,22 @@ that server and creates a fresh database on it for this run (dropped at the end)
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import pg8000.native
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-EVENTS_DIR = ROOT / "events"
-
-
-class LambdaContext:
-    """The attributes Powertools reads from a real Lambda context."""
-
-    function_name = "at-test"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:at-test"
-    log_stream_name = "test"
-
-    def __init__(self) -> None:
-        self.aws_request_id = str(uuid.uuid4())
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 10_000
-
-
-def load_event(name: str, **overrides: Any) -> dict[str, Any]:
-    event = json.loads((EVENTS_DIR / f"{name}.json").read_text())
-    event.update(overrides)
-    return event
-
-
-_functions: dict[str, ModuleType] = {}
-
-
-def load_function(name: str) -> ModuleType:
-    """Import functions/<name>/app.py under a unique module name (every function's module is `app`)."""
-    if name not in _functions:
-        spec = importlib.util.spec_from_file_location(f"at_function_{name}", ROOT / "functions" / name / "app.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _functions[name] = module
-    return _functions[name]
-
-
-def invoke_raw(function: str, event: dict[str, Any]) -> dict[str, Any]:
-    """Invoke a function's Lambda handler in-process; returns the proxy response as is."""
-    return load_function(function).lambda_handler(event, LambdaContext())
-
-
-def invoke(function: str, event: dict[str, Any]) -> tuple[int, Any]:
-    """Invoke a function's Lambda handler in-process; returns (status, parsed JSON body or text)."""
-    response = invoke_raw(function, event)
-    body = response.get("body") or ""
-    try:
-        return response["statusCode"], json.loads(body)
-    except ValueError:
-        return response["statusCode"], body
-
-
-def point_database_at(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
-    """Replace every DB_* variable with env's, and forget cached settings and pooled connections."""
-    from atcore import config, db
-
-    for key in list(os.environ):
-        if key.startswith("DB_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    config.database_settings.cache_clear()
-    db.reset()
+from devtools.support.database import empty_every_table
+from devtools.support.functions import ROOT
+from devtools.support.http import free_port, request
 
 
 class Database:
@@ -183,13 +113,6 @@ def database(database_server: Database) -> Iterator[str]:
         database_server.drop_database(name)
 
 
-def empty_every_table(conn: pg8000.native.Connection) -> None:
-    """Every table the migrations made, whatever they are (a named list would miss the next one)."""
-    tables = [row[0] for row in conn.run(
-        "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_migrations'")]
-    conn.run(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
-
-
 @pytest.fixture
 def sql(database_server: Database, database: str) -> Iterator[pg8000.native.Connection]:
     """A direct connection to the test database, emptied before each test."""
@@ -202,27 +125,6 @@ def sql(database_server: Database, database: str) -> Iterator[pg8000.native.Conn
 
 
 # --- the local run, for the end-to-end tests -----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def request(method: str, url: str, body: bytes | str | None = None, headers: dict | None = None):
-    """One HTTP request; returns (status, parsed JSON body or text, Content-Type)."""
-    data = body.encode() if isinstance(body, str) else body
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as response:
-            raw, status, content_type = response.read(), response.status, response.headers.get("Content-Type")
-    except urllib.error.HTTPError as error:
-        raw, status, content_type = error.read(), error.code, error.headers.get("Content-Type")
-    try:
-        return status, json.loads(raw), content_type
-    except ValueError:
-        return status, raw.decode(), content_type
 
 
 @pytest.fixture(scope="module")

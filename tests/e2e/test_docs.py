@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from conftest import ROOT, request
+from devtools.support.functions import ROOT
+from devtools.support.http import request
 
 pytestmark = pytest.mark.e2e
 

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from conftest import ROOT
+from devtools.support.functions import ROOT
 
 pytestmark = pytest.mark.e2e
 

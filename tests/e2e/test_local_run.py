@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import request
+from devtools.support.http import request
 from http_sink import HttpSink
 
 pytestmark = pytest.mark.e2e

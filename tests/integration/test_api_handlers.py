@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from atcore.models import MAX_PAYLOAD_DEPTH
-from conftest import invoke, invoke_raw, load_event
+from devtools.support.functions import invoke, invoke_raw, load_event
 
 FUTURE = "2099-01-01T12:00:00Z"
 

@@ -25,8 +25,9 @@ from atcore import config, db, execution, service
 from atcore.executors import aws, http_transport
 from atcore.models import CreateTaskRequest
 from atcore.task_queue import TaskQueueOutlet
-from conftest import LambdaContext, load_event, load_function
+from devtools.lambda_env import LambdaContext
 from devtools.make_events import sqs_record
+from devtools.support.functions import lambda_context, load_event, load_function
 from http_sink import HttpSink
 
 SENDER = "at@example.com"
@@ -35,25 +36,19 @@ LEASE_SECONDS = 120.0  # ExecutionSettings' default
 HANDOFF_SECONDS = 60.0  # ExecutionSettings' default
 
 
-class LongRunningContext(LambdaContext):
+def long_running_context() -> LambdaContext:
     """A fresh invocation: far more time left than the dispatcher's run needs."""
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 300_000
+    return lambda_context(timeout_seconds=300)
 
 
-class WorkerContext(LambdaContext):
+def worker_context() -> LambdaContext:
     """A fresh worker invocation: the WorkerFunction's 60 s timeout ahead."""
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
+    return lambda_context(timeout_seconds=60)
 
 
-class NearlyTimedOutContext(LambdaContext):
+def nearly_timed_out_context() -> LambdaContext:
     """Less time left than the dispatcher's safety margin (5 s)."""
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 4_000
+    return lambda_context(timeout_seconds=4)
 
 
 # --- environment ----------------------------------------------------------------------------------
@@ -158,7 +153,7 @@ def queued(row: dict) -> bool:
 
 def run_dispatcher(dispatcher: ModuleType, context: LambdaContext | None = None) -> tuple[dict, float]:
     started = time.monotonic()
-    result = dispatcher.lambda_handler(load_event("dispatcher"), context or LongRunningContext())
+    result = dispatcher.lambda_handler(load_event("dispatcher"), context or long_running_context())
     return result, time.monotonic() - started
 
 
@@ -262,7 +257,7 @@ def test_dispatcher_sends_25_due_tasks_in_batches_of_at_most_10(sql, queue, disp
 
 def test_dispatcher_claims_nothing_when_the_invocation_is_about_to_time_out(sql, queue, dispatcher) -> None:
     task_id = insert_task(sql, in_seconds=-1)
-    result, elapsed = run_dispatcher(dispatcher, NearlyTimedOutContext())
+    result, elapsed = run_dispatcher(dispatcher, nearly_timed_out_context())
     assert elapsed < 1.0 and result["ran_seconds"] < 1.0
     assert task_row(sql, task_id)["status"] == "pending"
     assert queue.receive_all() == []
@@ -317,7 +312,7 @@ def test_worker_runs_queued_callbacks_and_email_and_completes_them(sql, queue, d
         messages = queue.receive_all()
         assert len(messages) == 3
 
-        response = worker.lambda_handler(worker_event(queue, messages), WorkerContext())
+        response = worker.lambda_handler(worker_event(queue, messages), worker_context())
         arrivals = sink.by_task()
 
     assert response == {"batchItemFailures": []}
@@ -342,7 +337,7 @@ def test_worker_runs_the_committed_sample_event(sql, queue, worker) -> None:
         assert ids == [1, 2]  # the sample event's ids (the `sql` fixture restarts the identity)
         with db.connection() as conn:
             execution.hand_over_due(conn, 10, HANDOFF_SECONDS)
-        response = worker.lambda_handler(load_event("worker"), WorkerContext())
+        response = worker.lambda_handler(load_event("worker"), worker_context())
         assert {task_id: len(arrivals) for task_id, arrivals in sink.by_task().items()} == {1: 1, 2: 1}
     assert response == {"batchItemFailures": []}
     assert [task_row(sql, task_id)["status"] for task_id in ids] == ["completed", "completed"]
@@ -363,7 +358,7 @@ def test_worker_skips_attempts_that_are_no_longer_current(sql, queue, dispatcher
         sql.run("UPDATE scheduled_tasks SET execute_at = now() + interval '1 hour' WHERE id = :id", id=rescheduled)
         before = {task_id: task_row(sql, task_id) for task_id in (cancelled, started, rescheduled)}
 
-        response = worker.lambda_handler(worker_event(queue, messages), WorkerContext())
+        response = worker.lambda_handler(worker_event(queue, messages), worker_context())
         assert sink.arrivals == []  # nothing executed
 
     assert response == {"batchItemFailures": []}  # skipping is a success: SQS must not redeliver
@@ -383,7 +378,7 @@ def test_worker_reports_malformed_messages_as_batch_failures(sql, queue, dispatc
         queue.send_raw('{"attempt": 1}')
         messages = queue.receive_all()
 
-        response = worker.lambda_handler(worker_event(queue, messages), WorkerContext())
+        response = worker.lambda_handler(worker_event(queue, messages), worker_context())
         assert len(sink.by_task()[task_id]) == 1
 
     failed = sorted(failure["itemIdentifier"] for failure in response["batchItemFailures"])
@@ -398,7 +393,7 @@ def test_failed_callbacks_are_outcomes_not_batch_failures(sql, queue, dispatcher
         rejected = insert_task(sql, in_seconds=-1, payload=callback(sink.url), max_attempts=3)
         assert retried == 1
         dispatch_due()
-        response = worker.lambda_handler(worker_event(queue, queue.receive_all()), WorkerContext())
+        response = worker.lambda_handler(worker_event(queue, queue.receive_all()), worker_context())
         assert {task_id: len(arrivals) for task_id, arrivals in sink.by_task().items()} == {retried: 1, rejected: 1}
 
     assert response == {"batchItemFailures": []}
@@ -439,7 +434,7 @@ def test_worker_reports_every_record_when_the_database_is_unreachable(sql, queue
         event = worker_event(queue, messages)
 
         with database_unreachable():
-            response = worker.lambda_handler(event, WorkerContext())
+            response = worker.lambda_handler(event, worker_context())
         assert sink.arrivals == []
 
         # Every message goes back to SQS; the tasks are untouched, still handed over and not started ...
@@ -450,7 +445,7 @@ def test_worker_reports_every_record_when_the_database_is_unreachable(sql, queue
         # ... so SQS's redelivery (once the database is back) runs them.
         for record in event["Records"]:
             record["attributes"]["ApproximateReceiveCount"] = "2"
-        assert worker.lambda_handler(event, WorkerContext()) == {"batchItemFailures": []}
+        assert worker.lambda_handler(event, worker_context()) == {"batchItemFailures": []}
         assert {task_id: len(arrivals) for task_id, arrivals in sink.by_task().items()} == {1: 1, 2: 1}
     assert [task_row(sql, t)["status"] for t in ids] == ["completed", "completed"]
 
@@ -489,7 +484,7 @@ def test_a_hand_off_that_expired_is_sent_again_and_the_attempt_still_runs_once(s
         dispatch_due()
         messages = queue.receive_all()
         assert [json.loads(m["Body"]) for m in messages] == [{"id": task_id, "attempt": 1}] * 2
-        response = worker.lambda_handler(worker_event(queue, messages), WorkerContext())
+        response = worker.lambda_handler(worker_event(queue, messages), worker_context())
         arrivals = sink.by_task()
     # THEN it ran once, attempt 1, and both messages are done
     assert response == {"batchItemFailures": []}
@@ -498,18 +493,16 @@ def test_a_hand_off_that_expired_is_sent_again_and_the_attempt_still_runs_once(s
     assert sql.run("SELECT number, outcome FROM task_attempts WHERE task_id = :id", id=task_id) == [[1, "succeeded"]]
 
 
-class ShortOnTimeWorkerContext(LambdaContext):
+def short_on_time_context() -> LambdaContext:
     """A worker invocation with less time left than one attempt and its recording need."""
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 5_000
+    return lambda_context(timeout_seconds=5)
 
 
 def test_a_worker_without_time_for_an_attempt_gives_the_tasks_back_unstarted(sql, queue, worker) -> None:
     with HttpSink() as sink:
         ids = [insert_task(sql, in_seconds=-1, payload=callback(sink.url), max_attempts=1) for _ in range(2)]
         dispatch_due()
-        response = worker.lambda_handler(worker_event(queue, queue.receive_all()), ShortOnTimeWorkerContext())
+        response = worker.lambda_handler(worker_event(queue, queue.receive_all()), short_on_time_context())
         assert sink.arrivals == []
     # The messages are done (no 6-minute visibility timeout); the next dispatcher pass sends them again.
     assert response == {"batchItemFailures": []}

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from atcore import config, db
-from conftest import ROOT, LambdaContext, empty_every_table, invoke_raw, load_event, point_database_at
 from devtools.pgserver import EmbeddedPostgres
+from devtools.support.database import empty_every_table, point_database_at
+from devtools.support.functions import ROOT, invoke_raw, lambda_context, load_event
 from migrate import apply_migrations
 
 DATABASE = "at_faults"
@@ -119,7 +120,7 @@ def requests_of_every_kind(task_id: int = 1) -> list[tuple[str, dict]]:
 
 def call(function: str, event: dict, handler=None) -> tuple[int, dict, object]:
     """Invoke; returns (status, headers, body parsed as JSON when it is JSON)."""
-    response = handler(event, LambdaContext()) if handler else invoke_raw(function, event)
+    response = handler(event, lambda_context()) if handler else invoke_raw(function, event)
     body = response.get("body") or ""
     try:
         parsed = json.loads(body)

@@ -12,8 +12,8 @@ import pytest
 from atcore import db, execution, service
 from atcore.dispatcher import Dispatcher
 from atcore.models import CreateTaskRequest
-from conftest import invoke, load_event
 from devtools.engine import LocalEngine
+from devtools.support.functions import invoke, load_event
 from http_sink import HttpSink
 
 
@@ -239,7 +239,7 @@ def test_engine_process_killed_mid_batch_every_task_ends_once_after_its_lease(sq
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from devtools.support.functions import ROOT
 
     hold = threading.Event()
 

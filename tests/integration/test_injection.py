@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from conftest import invoke, load_event
+from devtools.support.functions import invoke, load_event
 
 FUTURE = "2099-01-01T12:00:00Z"
 INJECTIONS = [

@@ -16,7 +16,7 @@ import pytest
 from atcore.api import MAX_TASK_BYTES, PAGE_BUDGET, RESPONSE_MARGIN, dumps_json, envelope_bytes
 from atcore.models import MAX_BODY_BYTES, MAX_STORED_PAYLOAD_BYTES
 from atcore.sql import query
-from conftest import invoke_raw, load_event
+from devtools.support.functions import invoke_raw, load_event
 
 LAMBDA_RESPONSE_LIMIT = 6_291_456
 FUTURE = "2099-01-01T12:00:00Z"

@@ -9,8 +9,8 @@ import tomllib
 import pytest
 from samcli.yamlhelper import yaml_parse
 
-from conftest import ROOT
 from devtools import openapi
+from devtools.support.functions import ROOT
 
 # CONTRACT.md, "Endpoints": every status each operation may answer.
 CONTRACT_STATUSES = {

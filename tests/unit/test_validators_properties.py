@@ -33,7 +33,7 @@ from atcore.models import (
     parse_task_id,
     parse_task_type_filter,
 )
-from conftest import invoke, load_event
+from devtools.support.functions import invoke, load_event
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Powertools metrics without metrics
 bounded = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
