@@ -7,14 +7,18 @@ does `import json`. Runs are interleaved, after one unmeasured run each (so .pyc
 they do for the layer's dependencies on Lambda). Also: the modules each API function imports,
 whether boto3/botocore are among them, and the sizes of what `sam build` packages.
 
-Goal: <= 150 ms median init per API function. When it is missed: `python -X importtime`, and
-the fixes in PROTOTYPES measured the same way on a patched copy of the layer (product code is
-not touched).
+Goal: <= 250 ms median init per API function as on Lambda with the template's defaults
+(stretch: 150 ms). When it is missed: `python -X importtime`, and the fixes in PROTOTYPES
+measured the same way on a patched copy of the layer (product code is not touched).
 
-The Tracer's auto-patching, which imported botocore, requests and the CRT into every API
-function (about half their init time in the first run), was fixed in commit a06d18f:
-`Tracer(auto_patch=False)` in atcore/observability.py; only the dispatcher and worker patch
-botocore. What remains of the X-Ray SDK is measured by the prototype below.
+Fixed so far: the Tracer's auto-patching (commit a06d18f: it imported botocore, requests and the
+CRT into every API function), and the X-Ray SDK itself where tracing is off (commit 3d80a8d:
+atcore/observability.py builds no Powertools Tracer then; the template's ApiTracing=false, the
+default, sets POWERTOOLS_TRACE_DISABLED for the API functions). "As on Lambda, traced" is
+ApiTracing=true.
+
+SnapStart (the template's SnapStart=true) replaces this init by a snapshot restore on Lambda;
+that cannot be measured here.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from pathlib import Path
 from devtools.bench import common
 
 RUNS = 10
-GOAL_S = 0.150
+GOAL_S = 0.250
+STRETCH_S = 0.150
+TRACED = "traced"  # as on Lambda with ApiTracing=true
 BARE = "bare handler (`import json`)"
 PROTOTYPE_FUNCTION = "get_task"
 
@@ -78,33 +84,23 @@ BASE_ENV = {
 }
 
 # Candidate fixes: (name, file in the layer, [(text, replacement), ...]), measured on a copy.
-# ("Tracer patches pg8000 only" was one until commit a06d18f adopted no auto-patching at all.)
-_NO_TRACER = """class _NoTracer:  # prototype: no X-Ray SDK; Lambda still traces the invocation itself
-    def capture_lambda_handler(self, capture_response=True):
-        return lambda handler: handler
-
-    def patch(self, modules):
-        pass
+# ("Tracer patches pg8000 only" was one until commit a06d18f adopted no auto-patching at all, and
+# "no X-Ray SDK in API functions" until commit 3d80a8d adopted it where tracing is off.)
+PROTOTYPES: list[tuple[str, str, list[tuple[str, str]]]] = []
 
 
-tracer = _NoTracer()"""
-PROTOTYPES = [
-    ("no X-Ray SDK in API functions", "atcore/observability.py",
-     [("import Logger, Metrics, Tracer", "import Logger, Metrics"), ("tracer = Tracer(auto_patch=False)", _NO_TRACER)]),
-]  # fmt: skip
-
-
-def _env(function_dir: Path, as_lambda: bool) -> dict[str, str]:
-    """as_lambda: what the Lambda runtime sets, so Powertools' Tracer turns on (the template has
-    `Tracing: Active`), as on AWS. Since commit a06d18f it patches nothing at import
-    (auto_patch=False); the dispatcher and worker patch botocore themselves."""
+def _env(function_dir: Path, as_lambda: bool | str) -> dict[str, str]:
+    """as_lambda: what the Lambda runtime and the template set, as on AWS: LAMBDA_TASK_ROOT and
+    AWS_LAMBDA_FUNCTION_NAME, and POWERTOOLS_TRACE_DISABLED as the API functions get it from
+    ApiTracing (default false: tracing off, so no X-Ray SDK); TRACED: ApiTracing=true."""
     env = dict(BASE_ENV)
     if as_lambda:
-        env |= {"LAMBDA_TASK_ROOT": str(function_dir), "AWS_LAMBDA_FUNCTION_NAME": f"at-{function_dir.name}"}
+        env |= {"LAMBDA_TASK_ROOT": str(function_dir), "AWS_LAMBDA_FUNCTION_NAME": f"at-{function_dir.name}",
+                "POWERTOOLS_TRACE_DISABLED": "false" if as_lambda == TRACED else "true"}
     return env
 
 
-def _python(function_dir: Path, layer: Path, as_lambda: bool, *flags: str) -> subprocess.CompletedProcess:
+def _python(function_dir: Path, layer: Path, as_lambda: bool | str, *flags: str) -> subprocess.CompletedProcess:
     command = [sys.executable, *flags, "-c", PROBE, str(function_dir), str(layer)]
     result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tempfile.gettempdir(),
                             env=_env(function_dir, as_lambda))  # fmt: skip
@@ -113,7 +109,7 @@ def _python(function_dir: Path, layer: Path, as_lambda: bool, *flags: str) -> su
     return result
 
 
-def probe(function_dir: Path, layer: Path, as_lambda: bool) -> dict:
+def probe(function_dir: Path, layer: Path, as_lambda: bool | str) -> dict:
     return json.loads(_python(function_dir, layer, as_lambda).stdout.strip().splitlines()[-1])
 
 
@@ -227,6 +223,7 @@ def run(quick: bool = False) -> str:
         cases = {BARE: (bare, common.LAYER, False)}
         cases |= {name: (path, common.LAYER, False) for name, path in functions.items()}
         cases |= {f"{name} as on Lambda": (functions[name], common.LAYER, True) for name in api}
+        cases |= {f"{name} as on Lambda, traced": (functions[name], common.LAYER, TRACED) for name in api}
         samples, modules = measure(cases, runs)
         medians = {case: statistics.median(values) for case, values in samples.items()}
         report = Report(facts, runs, list(functions), api, samples, medians, modules)
@@ -276,35 +273,38 @@ class Report:
             f"Time of `import app` (import + module init) in a fresh `python` process per run: {self.runs} runs "
             "per case, median and range, cases interleaved, after one unmeasured run each (.pyc written). "
             "`sys.path` starts with the function's directory and `layers/common/python`; third-party packages "
-            "come from the venv. *As on Lambda*: LAMBDA_TASK_ROOT and AWS_LAMBDA_FUNCTION_NAME set, so the "
-            "Powertools Tracer is on (the template has `Tracing: Active`); since commit a06d18f it patches nothing "
-            "at import (`Tracer(auto_patch=False)`), and only the dispatcher and worker patch botocore. Not "
-            "included: the interpreter's start and Lambda's runtime bootstrap. Load average "
-            f"after the runs: {self.load_during}.",
+            "come from the venv. *As on Lambda*: LAMBDA_TASK_ROOT and AWS_LAMBDA_FUNCTION_NAME set, and "
+            "POWERTOOLS_TRACE_DISABLED=true as the template's default (ApiTracing=false) sets it for the API "
+            "functions: no Tracer, no X-Ray SDK (commit 3d80a8d). *Traced*: ApiTracing=true, so the Powertools "
+            "Tracer and the X-Ray SDK load (no patching at import since commit a06d18f; only the dispatcher and "
+            "worker patch botocore). Not included: the interpreter's start and Lambda's runtime bootstrap. Load "
+            f"average after the runs: {self.load_during}.",
             "",
-            f"**Goal: ≤ {GOAL_S * 1000:.0f} ms init per API function.**",
+            f"**Goal: ≤ {GOAL_S * 1000:.0f} ms init per API function as on Lambda (stretch ≤ {STRETCH_S * 1000:.0f} "
+            "ms).** ✓✓ meets the stretch.",
             "",
         ]
         rows = []
         for name in [BARE, *self.functions]:
             cells = [name, self._median_range(name)]
             if name in self.api:
-                lam = f"{name} as on Lambda"
+                lam, traced = f"{name} as on Lambda", f"{name} as on Lambda, traced"
                 worst = max(self.medians[name], self.medians[lam])
-                cells += [self._median_range(lam), "✓" if worst <= GOAL_S else "✗"]
+                mark = "✓✓" if worst <= STRETCH_S else "✓" if worst <= GOAL_S else "✗"
+                cells += [self._median_range(lam), mark, self._median_range(traced)]
                 cells += [str(len(self.modules[name])), aws_sdk(self.modules[name]), aws_sdk(self.modules[lam])]
             else:
-                cells += ["", "", str(len(self.modules[name])), aws_sdk(self.modules[name]), ""]
+                cells += ["", "", "", str(len(self.modules[name])), aws_sdk(self.modules[name]), ""]
             rows.append(cells)
-        lines.append(common.table(["function", "init ms", "as on Lambda ms", "goal", "modules",
+        lines.append(common.table(["function", "init ms", "as on Lambda ms", "goal", "traced ms", "modules",
                                    "AWS SDK imported", "AWS SDK as on Lambda"], rows))  # fmt: skip
         lines += [
             "",
             "`botocore` alone (no submodule) is Powertools' doing: `aws_lambda_powertools/shared/user_agent.py` "
             "imports it, if installed, to add its user agent; the package's `__init__` only needs the standard "
-            "library. Outside Lambda (the *init ms* column) the X-Ray SDK's recorder picks its `DefaultSampler`, "
-            "whose `aws_xray_sdk/core/sampling/connector.py` imports `botocore.session`, hence the botocore "
-            "submodules there; on Lambda it uses the `LocalSampler`, which does not.",
+            "library. Outside Lambda (the *init ms* column) no Tracer is built either. When one is (traced), the "
+            "X-Ray SDK's recorder uses the `LocalSampler` on Lambda, which imports no botocore submodule; outside "
+            "Lambda its `DefaultSampler` would import `botocore.session`.",
             "",
             "### Third-party modules imported by each API function",
             "",
