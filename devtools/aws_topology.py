@@ -237,6 +237,10 @@ class AwsTopology:
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="at-aws-"))
         self._stack = contextlib.ExitStack()
         self.dispatcher_invocations: list[Invocation] = []
+        self.dispatchers: list[LambdaEnvironment] = []
+        self._idle_dispatchers: list[LambdaEnvironment] = []
+        self._dispatcher_lock = threading.Lock()
+        self._schedule_stopped = threading.Event()
 
     # --- lifecycle ---
     def __enter__(self) -> AwsTopology:
@@ -255,8 +259,8 @@ class AwsTopology:
 
         port = free_port()
         log = self._stack.enter_context(open(self.log_dir / "moto.log", "ab"))
-        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=log, stderr=log)
+        moto = subprocess.Popen([sys.executable, "-m", "devtools.moto_sqs", "--port", str(port)],
+                                cwd=ROOT, stdout=log, stderr=log)
         self._stack.callback(lambda: (moto.terminate(), moto.wait(10)))
         self.endpoint = f"http://127.0.0.1:{port}"
         self.sqs = boto3.client("sqs", region_name=REGION, endpoint_url=self.endpoint,
@@ -274,8 +278,7 @@ class AwsTopology:
                                           lambda slot: self._environment(self.settings.worker, f"worker-{slot}"))
         self.mapping.start()
         self._stack.callback(self.mapping.stop)
-        self._dispatcher = self._environment(self.settings.dispatcher, "dispatcher")
-        self._stack.callback(self._dispatcher.close)
+        self._stack.callback(lambda: [environment.close() for environment in self.dispatchers])
 
     def _arn(self, url: str) -> str:
         return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -293,6 +296,9 @@ class AwsTopology:
             "DB_SSLMODE": "disable", "DB_SECRET_ARN": "",
             "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon offline
             "AT_HTTP_ALLOW_PRIVATE": "1",  # the callback sink is on 127.0.0.1
+            # What the template sets from the same values, for the event source as emulated here.
+            "AT_WORKER_BATCH_SIZE": str(self.mapping_settings.batch_size),
+            "AT_WORKER_MAX_CONCURRENCY": str(self.mapping_settings.max_concurrency),
         }
         template = {k: v for k, v in spec.environment.items() if k != "TASK_QUEUE_URL"}
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT")}
@@ -300,18 +306,48 @@ class AwsTopology:
 
     # --- driving it ---
     def invoke_dispatcher(self) -> Invocation:
-        """One scheduled invocation: the dispatcher runs its loop (AT_DISPATCH_RUN_SECONDS) and returns."""
+        """One scheduled invocation: the dispatcher runs its loop (AT_DISPATCH_RUN_SECONDS) and returns.
+        Invocations that overlap (the schedule fires while one still runs) get environments of their own."""
         from devtools.make_events import scheduled_event
 
-        invocation = self._dispatcher.invoke(scheduled_event())
+        with self._dispatcher_lock:
+            environment = self._idle_dispatchers.pop() if self._idle_dispatchers else self._environment(
+                self.settings.dispatcher, f"dispatcher-{len(self.dispatchers)}")
+            if environment not in self.dispatchers:
+                self.dispatchers.append(environment)
+        try:
+            invocation = environment.invoke(scheduled_event())
+        finally:
+            with self._dispatcher_lock:
+                self._idle_dispatchers.append(environment)
         self.dispatcher_invocations.append(invocation)
         return invocation
 
     def dispatch_in_background(self, invocations: int = 1) -> threading.Thread:
-        """Invoke the dispatcher `invocations` times back to back, as the schedule would, in a thread."""
+        """Invoke the dispatcher `invocations` times back to back, in a thread."""
         thread = threading.Thread(target=lambda: [self.invoke_dispatcher() for _ in range(invocations)], daemon=True)
         thread.start()
         return thread
+
+    def start_schedule(self) -> None:
+        """Invoke the dispatcher at once and then every `rate(...)` of the template, as EventBridge does."""
+
+        def tick() -> None:
+            while not self._schedule_stopped.is_set():
+                threading.Thread(target=self.invoke_dispatcher, daemon=True).start()
+                self._schedule_stopped.wait(self.settings.schedule_seconds)
+
+        thread = threading.Thread(target=tick, name="schedule", daemon=True)
+        thread.start()
+        self._stack.callback(self._schedule_stopped.set)
+
+    def sqs_requests(self) -> dict[str, int]:
+        """Requests SQS answered so far, by action (every client: dispatcher, mapping, workers)."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.endpoint}/_at/requests", timeout=5) as response:
+            return json.loads(response.read())
 
     def queue_depths(self) -> tuple[int, int]:
         """(messages in the task queue, visible or in flight; messages in the dead-letter queue)."""

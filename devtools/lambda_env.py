@@ -83,6 +83,7 @@ class LambdaEnvironment:
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.cold_starts = 0
+        self._cpu_of_closed = 0.0
 
     def invoke(self, event: Any) -> Invocation:
         init_ms = None
@@ -118,16 +119,32 @@ class LambdaEnvironment:
         return float(ready["init_ms"])
 
     def _read_reply(self, timeout: float) -> dict[str, Any] | None:
-        assert self._process is not None and self._process.stdout is not None
+        process = self._process  # close() from another thread (the harness stopping) may clear it
+        if process is None or process.stdout is None:
+            return None
         with selectors.DefaultSelector() as selector:
-            selector.register(self._process.stdout, selectors.EVENT_READ)
+            selector.register(process.stdout, selectors.EVENT_READ)
             if not selector.select(timeout):
                 return None
-        line = self._process.stdout.readline()
+        line = process.stdout.readline()
         return json.loads(line) if line else None
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of every process this environment has run, as Linux counts it."""
+        return self._cpu_of_closed + self._cpu_of_running()
+
+    def _cpu_of_running(self) -> float:
+        if self._process is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
     def close(self) -> None:
         if self._process is not None:
+            self._cpu_of_closed += self._cpu_of_running()
             self._process.kill()
             self._process.wait()
             self._process = None

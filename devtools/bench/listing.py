@@ -227,7 +227,10 @@ def time_listing(handler, counts: dict, cases: list[tuple], runs: int) -> dict[t
 
 
 def explain(conn: pg8000.native.Connection, sql: str, status: str | None, task_type: str | None) -> str:
-    params = {"status": status, "task_type": task_type, "limit": LIMIT, "offset": 0}
+    from atcore.api import PAGE_BUDGET
+
+    params = {"status": status, "task_type": task_type, "before_id": None, "limit": LIMIT + 1, "offset": 0,
+              "max_bytes": PAGE_BUDGET}  # as atcore.repository.list_tasks passes them
     lines = [row[0] for row in conn.run("EXPLAIN (ANALYZE, BUFFERS) " + with_literals(sql, params))]
     return trim_plan("\n".join(lines))
 

@@ -1,4 +1,5 @@
-"""A minimal, fast HTTP callback receiver for benchmarks (asyncio, keep-alive, 200 to all).
+"""A minimal, fast HTTP callback receiver for benchmarks (asyncio, keep-alive, 200 to all, after
+--delay-ms if given: a receiver that takes its time).
 
 Records (task id, attempt, arrival time) per request; on SIGTERM/SIGINT writes them as JSON
 lines to --out and exits. Runs in its own process so its CPU is not the engine's.
@@ -28,7 +29,8 @@ def _header(head: bytes, name: bytes) -> bytes | None:
     return None
 
 
-async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, recorder: Recorder) -> None:
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, recorder: Recorder,
+                           delay: float = 0.0) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -39,6 +41,8 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
             task_id = int(_header(head, b"x-at-task-id") or 0)
             attempt = int(_header(head, b"x-at-attempt") or 0)
             recorder.arrivals.append((task_id, attempt, arrived))
+            if delay:
+                await asyncio.sleep(delay)
             writer.write(_RESPONSE)
     except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
         pass  # the client went away, or the sink is stopping
@@ -46,9 +50,10 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
         writer.close()
 
 
-async def main_async(port: int, out: str, ready_file: str | None) -> None:
+async def main_async(port: int, out: str, ready_file: str | None, delay: float = 0.0) -> None:
     recorder = Recorder()
-    server = await asyncio.start_server(lambda r, w: serve_connection(r, w, recorder), "127.0.0.1", port)
+    server = await asyncio.start_server(lambda r, w: serve_connection(r, w, recorder, delay), "127.0.0.1", port,
+                                        backlog=1024)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -68,8 +73,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--out", required=True)
     parser.add_argument("--ready-file")
+    parser.add_argument("--delay-ms", type=float, default=0.0)
     args = parser.parse_args()
-    asyncio.run(main_async(args.port, args.out, args.ready_file))
+    asyncio.run(main_async(args.port, args.out, args.ready_file, args.delay_ms / 1000))
 
 
 if __name__ == "__main__":

@@ -82,6 +82,21 @@ def test_non_ascii_task_type_round_trips(api):
     assert status == 200 and page["tasks"][0]["payload"] == {"ключ": "🙂"}
 
 
+def test_answers_carry_non_ascii_as_utf8_and_pages_say_how_to_go_on(api):
+    body = json.dumps({"execute_at": "2099-01-01T00:00:00Z", "task_type": "utf8-pages", "payload": {"é": "привет 🙂"}})
+    for _ in range(3):
+        assert request("POST", f"{api}/api/v1/tasks", body)[0] == 201
+    with urllib.request.urlopen(f"{api}/api/v1/tasks?task_type=utf8-pages&limit=2", timeout=10) as response:
+        raw = response.read()
+    assert "привет 🙂".encode() in raw and b"\\u" not in raw  # UTF-8 on the wire, not \u escapes
+    page = json.loads(raw)
+    assert len(page["tasks"]) == 2 and page["tasks"][0]["payload"] == {"é": "привет 🙂"} and page["total"] == 3
+    cursor = urllib.request.quote(page["next_cursor"])
+    status, rest, _ = request("GET", f"{api}/api/v1/tasks?task_type=utf8-pages&limit=2&cursor={cursor}")
+    assert status == 200 and len(rest["tasks"]) == 1 and "next_cursor" not in rest
+    assert rest["tasks"][0]["id"] < page["tasks"][-1]["id"]
+
+
 def test_task_created_over_http_runs_on_time(api):
     with HttpSink() as sink:
         body = json.dumps({"execute_at": in_seconds(1.5), "task_type": "http_callback",

@@ -495,6 +495,7 @@ def test_a_hand_off_that_expired_is_sent_again_and_the_attempt_still_runs_once(s
     assert response == {"batchItemFailures": []}
     assert [a.attempt for a in arrivals[task_id]] == [1]
     assert (task_row(sql, task_id)["status"], task_row(sql, task_id)["attempts"]) == ("completed", 1)
+    assert sql.run("SELECT number, outcome FROM task_attempts WHERE task_id = :id", id=task_id) == [[1, "succeeded"]]
 
 
 class ShortOnTimeWorkerContext(LambdaContext):

@@ -56,8 +56,7 @@ def test_a_backlog_longer_than_the_lease_runs_every_task_once_and_fails_none(sql
     # the backlog takes several times the 1 s lease to drain.
     with HttpSink(slow_ok) as sink:
         ids = insert_due_callbacks(sql, 300, sink.url, max_attempts=1)
-        overrides = {"AT_LEASE_SECONDS": "1", "AT_DISPATCH_RUN_SECONDS": "12", "POWERTOOLS_LOG_LEVEL": "WARNING",
-                     "AT_WORKER_MAX_CONCURRENCY": "2"}
+        overrides = {"AT_LEASE_SECONDS": "1", "AT_DISPATCH_RUN_SECONDS": "12", "POWERTOOLS_LOG_LEVEL": "WARNING"}
         with AwsTopology(database_env(), overrides=overrides, max_concurrency=2) as aws:
             # WHEN the dispatcher's scheduled invocation hands them over and the workers run them
             dispatching = aws.dispatch_in_background()
@@ -103,3 +102,25 @@ def test_one_message_delivered_to_two_concurrent_workers_runs_its_task_once(sql)
     assert [a.attempt for a in arrivals[task_id]] == [1]
     assert statuses(sql) == {("completed", 1): 1}
 
+
+
+def test_a_message_that_is_not_ours_is_redelivered_then_dead_lettered_while_tasks_run(sql):
+    # GIVEN due tasks and, in the queue, a message the worker cannot take (1 s visibility timeout)
+    with HttpSink() as sink:
+        ids = insert_due_callbacks(sql, 5, sink.url)
+        overrides = {"AT_DISPATCH_RUN_SECONDS": "2", "POWERTOOLS_LOG_LEVEL": "CRITICAL"}
+        with AwsTopology(database_env(), overrides=overrides, max_concurrency=2, visibility_timeout=1) as aws:
+            aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody="not a task message")
+            # WHEN the dispatcher and the workers run
+            aws.invoke_dispatcher()
+            max_receives = aws.settings.queue.max_receive_count
+            wait_for(lambda: aws.queue_depths() == (0, 1), timeout=60)
+            stats = aws.mapping.stats
+            requests = aws.sqs_requests()
+        arrivals = sink.by_task()
+    # THEN the tasks ran once each; the bad message was reported failed on each of its receives
+    # (partial batch response), came back after the visibility timeout, and went to the DLQ
+    assert statuses(sql) == {("completed", 1): 5}
+    assert sorted(arrivals) == ids
+    assert stats.failed_records == max_receives
+    assert requests["SendMessageBatch"] >= 1 and requests["DeleteMessageBatch"] >= 1

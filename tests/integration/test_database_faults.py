@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from atcore import config, db
-from conftest import ROOT, LambdaContext, invoke_raw, load_event, point_database_at
+from conftest import ROOT, LambdaContext, empty_every_table, invoke_raw, load_event, point_database_at
 from devtools.pgserver import EmbeddedPostgres
 from migrate import apply_migrations
 
@@ -65,7 +65,7 @@ def on_server(server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> Iter
         server.start()
     admin = server.connect(DATABASE)
     try:
-        admin.run("TRUNCATE scheduled_tasks RESTART IDENTITY")
+        empty_every_table(admin)
     finally:
         admin.close()
     point_at(monkeypatch, **server.env(DATABASE))

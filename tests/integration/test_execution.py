@@ -297,3 +297,61 @@ def test_local_engine_with_a_backlog_longer_than_the_lease_fails_nothing(sql, mo
     # THEN waiting for a free worker cost no task its lease: each ran once and completed
     assert sql.run("SELECT status, attempts, count(*) FROM scheduled_tasks GROUP BY 1, 2") == [["completed", 1, 20]]
     assert sorted(len(a) for a in arrivals.values()) == [1] * 20
+
+
+def history(sql, task_id: int) -> list[tuple]:
+    """(number, outcome, error, finished?) of each attempt, oldest first."""
+    return [tuple(row) for row in sql.run(
+        "SELECT number, outcome, error, finished_at IS NOT NULL FROM task_attempts WHERE task_id = :id ORDER BY number",
+        id=task_id)]
+
+
+def test_attempt_history_is_written_with_each_start_and_outcome(sql, engine):
+    with HttpSink(lambda _task, attempt: 503 if attempt < 3 else 200) as sink:
+        task_id = schedule_callback(sink.url, in_seconds=0.2, max_attempts=5)
+        wait_for(lambda: finished(sql, task_id))
+    rows = history(sql, task_id)
+    assert [row[:2] for row in rows] == [(1, "retry_scheduled"), (2, "retry_scheduled"), (3, "succeeded")]
+    assert rows[0][2].startswith("callback returned HTTP 503") and rows[2][2] is None
+    assert all(finished_at for *_, finished_at in rows)
+    started_before_finished = sql.run("SELECT bool_and(started_at <= finished_at) FROM task_attempts")
+    assert started_before_finished == [[True]]
+
+
+def test_attempt_history_records_expired_leases_and_cancelled_attempts(sql):
+    insert_due_tasks(sql, 2, "http_callback", {"url": "http://127.0.0.1:9/"})
+    with db.connection() as conn:
+        claimed = execution.claim_due(conn, batch_size=10, lease_seconds=0.2)
+    assert [(task.id, task.attempt) for task in claimed] == [(1, 1), (2, 1)]
+    assert history(sql, 1) == [(1, "running", None, False)]
+    # Task 1's worker died; task 2 was cancelled while its attempt ran, then its result came in.
+    service.cancel_task(2)
+    time.sleep(0.3)
+    with db.connection() as conn:
+        assert execution.recover_expired_leases(conn) == [(1, "pending")]
+        late = execution.Outcome(task_id=2, attempt=1, succeeded=True)
+        assert execution.record_outcomes(conn, [late]) == {}
+    assert history(sql, 1) == [(1, "lease_expired", "attempt 1 did not finish: its lease expired", True)]
+    assert history(sql, 2) == [(1, "superseded", "the task was cancelled while this attempt ran", True)]
+
+
+def test_retention_deletes_finished_tasks_past_it_with_their_history_and_keeps_totals_exact(sql):
+    insert_due_tasks(sql, 6, "http_callback", {"url": "http://127.0.0.1:9/"})
+    with db.connection() as conn:
+        execution.claim_due(conn, batch_size=10, lease_seconds=60)
+    sql.run("UPDATE scheduled_tasks SET status = 'completed', completed_at = now(), lease_expires_at = NULL "
+            "WHERE id <= 4")
+    sql.run("UPDATE scheduled_tasks SET status = 'cancelled', lease_expires_at = NULL WHERE id = 5")
+    # Tasks 1, 2 and 5 finished 31 days ago; 3 and 4 yesterday; 6 is still processing (and old).
+    sql.run("UPDATE scheduled_tasks SET updated_at = now() - interval '31 days' WHERE id IN (1, 2, 5, 6)")
+    sql.run("UPDATE scheduled_tasks SET updated_at = now() - interval '1 day' WHERE id IN (3, 4)")
+    with db.connection() as conn:
+        assert execution.delete_expired_tasks(conn, retention_days=0) == 0  # 0 keeps everything
+        assert execution.delete_expired_tasks(conn, retention_days=30, batch_size=2) == 2
+        assert execution.delete_expired_tasks(conn, retention_days=30, batch_size=2) == 1
+        assert execution.delete_expired_tasks(conn, retention_days=30, batch_size=2) == 0
+    assert [row[0] for row in sql.run("SELECT id FROM scheduled_tasks ORDER BY id")] == [3, 4, 6]
+    assert sql.run("SELECT DISTINCT task_id FROM task_attempts ORDER BY 1") == [[3], [4], [6]]
+    status, body = invoke("list_tasks", load_event("list_tasks") | {"queryStringParameters": None,
+                                                                    "multiValueQueryStringParameters": None})
+    assert status == 200 and body["total"] == 3

@@ -141,12 +141,15 @@ EXPECTED_COLUMNS = {
     "error_message": ("text", "YES", None, None),
     "lease_expires_at": ("timestamp with time zone", "YES", None, None),
     "queued_until": ("timestamp with time zone", "YES", None, None),
+    "attempts_before_retry": ("integer", "NO", "0", None),
 }
 
 EXPECTED_INDEXES = {
     "scheduled_tasks_pkey": "UNIQUE INDEX scheduled_tasks_pkey ON public.scheduled_tasks USING btree (id)",
     "scheduled_tasks_due_idx": "USING btree (execute_at) WHERE ((status = 'pending'::text) AND (queued_until IS NULL))",
     "scheduled_tasks_queued_idx": "USING btree (queued_until) WHERE (queued_until IS NOT NULL)",
+    "scheduled_tasks_finished_idx": (
+        "USING btree (updated_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]))"),
     "scheduled_tasks_lease_idx": "USING btree (lease_expires_at) WHERE (status = 'processing'::text)",
     "scheduled_tasks_status_id_idx": "USING btree (status, id)",
     "scheduled_tasks_type_id_idx": "USING btree (task_type, id)",
@@ -164,6 +167,7 @@ EXPECTED_CHECKS = {
     "lease_iff_processing": ["lease_expires_at IS NOT NULL", "'processing'"],
     "processing_has_attempt": ["status <> 'processing'", "attempts >= 1"],
     "queued_only_while_pending": ["queued_until IS NULL", "'pending'"],
+    "attempts_before_retry_not_negative": ["attempts_before_retry >= 0"],
 }
 
 
@@ -533,13 +537,14 @@ EXPECTED_PARAMETERS = {
     "cancel_task": ["id"],
     "task_status": ["id"],
     "ping": [],
-    "list_tasks": ["status", "task_type", "limit", "offset"],
+    "list_tasks": ["status", "task_type", "before_id", "limit", "offset", "max_bytes"],
     "claim_due_tasks": ["lease_seconds", "batch_size"],
     "hand_over_due_tasks": ["handoff_seconds", "batch_size"],
     "start_attempts": ["lease_seconds", "ids", "attempts"],
     "release_handoffs": ["ids", "attempts"],
     "recover_expired_handoffs": ["batch_size"],
     "count_queued": [],
+    "delete_expired_tasks": ["retention_days", "batch_size"],
     "record_outcomes": ["ids", "attempts", "succeeded", "errors", "retry_in_seconds"],
     "recover_expired_leases": ["batch_size"],
     "next_wake": [],
@@ -655,8 +660,9 @@ def test_list_tasks_query_filters_by_status_and_type(sql, through):
         with db.connection() as conn:  # the product's connection (pointed at this database by `database`)
             return conn.run(text, **params)
 
-    def run(status=None, task_type=None, limit=50, offset=0):
-        rows = execute(query("list_tasks"), status=status, task_type=task_type, limit=limit, offset=offset)
+    def run(status=None, task_type=None, limit=50, offset=0, before_id=None, max_bytes=10**6):
+        rows = execute(query("list_tasks"), status=status, task_type=task_type, before_id=before_id, limit=limit,
+                       offset=offset, max_bytes=max_bytes)
         return rows[0][0], [row[1] for row in rows if row[1] is not None], rows
 
     total, listed, _ = run()
@@ -671,6 +677,18 @@ def test_list_tasks_query_filters_by_status_and_type(sql, through):
     assert (total, len(listed)) == (7, 1)
     total, listed, rows = run(offset=100)  # past the end: the total, and one row of NULLs
     assert (total, listed) == (7, []) and len(rows) == 1 and set(rows[0][1:]) == {None}
+    everything = sorted((i for v in ids.values() for i in v), reverse=True)
+    assert run(before_id=everything[2])[:2] == (7, everything[3:])  # a cursor's page: below its id; same total
+    b_tasks = sorted(ids[("pending", "b")] + ids[("failed", "b")] + ids[("completed", "b")], reverse=True)
+    assert run(task_type="b", before_id=b_tasks[0], limit=1)[:2] == (3, b_tasks[1:2])
+    assert run(before_id=min(everything))[:2] == (7, [])
+    # Rows after the first max_bytes of payload text come back as their id alone, in order.
+    total, listed, rows = run(max_bytes=1)
+    assert (total, listed) == (7, everything) and rows[0][4] is not None
+    assert all(row[2:] == [None] * 10 for row in rows[1:])
+    payload_bytes = sql.run("SELECT octet_length(payload::text) FROM scheduled_tasks WHERE id = :id", id=everything[0])
+    rows = run(max_bytes=payload_bytes[0][0] + 1)[2]
+    assert [row[4] is not None for row in rows] == [True, True] + [False] * 5
 
 
 @pytest.mark.parametrize("payload", [{"a": [1, "x"]}, "text", 42, [None], True])
@@ -718,5 +736,5 @@ def test_task_counts_follow_every_kind_of_write(sql):
     sql.run("UPDATE scheduled_tasks SET task_type = 'renamed' WHERE id = 1")
     sql.run("DELETE FROM scheduled_tasks WHERE id % 7 = 0")
     assert counts_by_table() == counts_by_rows()
-    sql.run("TRUNCATE scheduled_tasks")
+    sql.run("TRUNCATE scheduled_tasks CASCADE")
     assert counts_by_table() == [] and counts_by_rows() == []

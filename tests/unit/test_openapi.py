@@ -94,12 +94,22 @@ def test_parameters_say_what_a_client_may_send(document):
         assert (task_id["name"], task_id["in"], task_id["required"]) == ("id", "path", True)
         assert task_id["schema"] | {"title": None} == {"type": "integer", "format": "int64", "minimum": 1, "title": None}
     query = {p["name"]: p for p in ops["get", "/api/v1/tasks"]["parameters"]}
-    assert set(query) == {"status", "task_type", "limit", "offset"}
+    assert set(query) == {"status", "task_type", "limit", "offset", "cursor"}
     assert all(p["in"] == "query" and not p["required"] and p["allowEmptyValue"] for p in query.values())
     assert query["status"]["schema"]["enum"] == ["pending", "processing", "completed", "failed", "cancelled"]
     assert query["task_type"]["schema"]["maxLength"] == 50
     assert query["limit"]["schema"]["minimum"] == 0 and "maximum" not in query["limit"]["schema"]  # clamped, not refused
     assert query["offset"]["schema"]["minimum"] == 0
+    assert query["cursor"]["schema"]["type"] == "string" and "next_cursor" in query["cursor"]["schema"]["description"]
+
+
+def test_pages_document_next_cursor_and_short_pages(document):
+    page = document["components"]["schemas"]["TaskPage"]
+    assert set(page["required"]) == {"tasks", "total"}  # next_cursor only while more tasks follow
+    assert page["properties"]["next_cursor"]["type"] == "string"
+    assert "fewer than `limit`" in page["properties"]["next_cursor"]["description"]
+    listing = operations(document)["get", "/api/v1/tasks"]
+    assert "fewer when their size would not fit" in listing["description"]
 
 
 def test_task_schema_omits_unset_optionals(document):

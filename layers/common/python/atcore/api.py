@@ -17,10 +17,12 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.shared.json_encoder import Encoder
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import TypeAdapter
 
 from atcore.errors import AtError, PayloadTooLarge
-from atcore.models import MAX_BODY_BYTES, ErrorBody, ErrorDetail
+from atcore.models import MAX_BODY_BYTES, MAX_STORED_PAYLOAD_BYTES, ErrorBody, ErrorDetail, Task, TaskListing
 from atcore.observability import logger, metrics, tracer
 
 JSON = "application/json"
@@ -29,10 +31,73 @@ JSON = "application/json"
 ERROR_DESCRIPTIONS: dict[int, str] = {
     HTTPStatus.BAD_REQUEST: "Invalid request; `error` says why and `details` names each offending field.",
     HTTPStatus.NOT_FOUND: "No task with this id.",
-    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: f"The request body exceeds {MAX_BODY_BYTES} bytes.",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: (
+        f"The request body exceeds {MAX_BODY_BYTES} bytes, or the payload would be stored as more than "
+        f"{MAX_STORED_PAYLOAD_BYTES} bytes of JSON (numbers are stored written out: 1e300 takes 301 digits)."
+    ),
     HTTPStatus.INTERNAL_SERVER_ERROR: "An unexpected error; the message reveals no internals.",
     HTTPStatus.SERVICE_UNAVAILABLE: "The database does not answer; retrying later may work.",
 }
+
+
+# --- response bodies, and what one Lambda response can carry ------------------------------------
+
+# Lambda's limit on a synchronous invocation's response: the whole proxy dict as the runtime
+# marshals it, where the body is a JSON string inside JSON, so its quotes and backslashes count twice.
+LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024  # 6,291,456 bytes
+# Kept free of tasks: the rest of the proxy dict (status, headers, flags: under 200 bytes), a page's
+# own text around its tasks (total, next_cursor: under 1.2 KB), and room for headers added later.
+RESPONSE_MARGIN = 64 * 1024
+PAGE_BUDGET = LAMBDA_RESPONSE_LIMIT - RESPONSE_MARGIN
+# The largest single task, as a page measures it: its payload is at most MAX_STORED_PAYLOAD_BYTES of
+# JSON as answered (a create rule), its other fields under 8 KiB (task_type has at most 50
+# characters, error_message is cut at 1,000), and the envelope at most doubles JSON text (one more
+# byte for a quote or backslash, three for a 3-byte U+2028). Under a third of PAGE_BUDGET, so the
+# first task of a page always fits, as does every single-task answer (tests/integration/test_pages.py).
+MAX_TASK_BYTES = 2 * (MAX_STORED_PAYLOAD_BYTES + 8 * 1024)
+
+
+# One encoder for every body (json.dumps with cls= builds a new one per call: half the time of a small task).
+_ENCODER = Encoder(separators=(",", ":"), ensure_ascii=False)
+_TASKS = TypeAdapter(list[Task])
+
+
+def dumps_json(value: Any) -> str:
+    """Every JSON body: compact, and non-ASCII text as UTF-8, not \\uXXXX escapes (three times the size).
+    The python3.13 runtime sends it on as UTF-8 too (its marshaller has ensure_ascii=False)."""
+    return _ENCODER.encode(value)
+
+
+def envelope_bytes(text: str) -> int:
+    """Bytes the JSON text `text` takes as (part of) a body in the response the runtime sends: its
+    UTF-8, plus what is escaped once more there. JSON text holds no raw control characters, so that
+    is a quote or backslash (one byte more) and U+2028/U+2029 (3 bytes become the 6 of \\u2028:
+    simplejson, the runtime interface client's encoder, escapes them even with ensure_ascii=False)."""
+    escaped = text.count('"') + text.count("\\")
+    if text.isascii():
+        return len(text) + escaped
+    return len(text.encode("utf-8")) + escaped + 3 * (text.count("\u2028") + text.count("\u2029"))
+
+
+def page_response(listing: TaskListing) -> Response:
+    """200 with the listing's tasks, newest first, as many as one response carries: each task is
+    serialized once and measured; the first that would not fit ends the page (the first task always
+    fits, see MAX_TASK_BYTES), and next_cursor continues after the last one shown."""
+    fragments: list[str] = []
+    used = 0
+    for task in _TASKS.dump_python(listing.tasks, mode="json"):  # one call: faster than one per task
+        fragment = dumps_json(task)
+        size = envelope_bytes(fragment) + 1  # and its comma
+        if fragments and used + size > PAGE_BUDGET:
+            break
+        fragments.append(fragment)
+        used += size
+    rest: dict[str, Any] = {"total": listing.total}
+    if fragments and (listing.more or len(fragments) < len(listing.tasks)):
+        rest["next_cursor"] = listing.cursor_after(listing.tasks[len(fragments) - 1])
+    # TaskPage's shape, written around the fragments: {"tasks":[...],"total":N,"next_cursor":"..."}
+    body = '{"tasks":[' + ",".join(fragments) + "]," + dumps_json(rest)[1:]
+    return Response(status_code=HTTPStatus.OK, content_type=JSON, body=body)
 
 
 def error_responses(*statuses: int, **descriptions: str) -> dict[int, OpenAPIResponse]:
@@ -130,7 +195,7 @@ class TaskApiResolver(APIGatewayRestResolver):
     """Powertools' REST resolver with validation, plus the body-size limit and JSON-only bodies."""
 
     def __init__(self) -> None:
-        super().__init__(enable_validation=True, json_body_deserializer=parse_json_body)
+        super().__init__(enable_validation=True, serializer=dumps_json, json_body_deserializer=parse_json_body)
         self.exception_handler(RequestValidationError)(lambda exc: validation_error_response(list(exc.errors())))
         self.exception_handler(AtError)(self._domain_error)
         self.exception_handler(NotFoundError)(self._no_route)

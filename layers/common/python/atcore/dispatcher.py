@@ -23,6 +23,7 @@ from atcore.repository import WAKE_HORIZON_SECONDS
 from atcore.sql import query
 
 RECOVERY_INTERVAL_SECONDS = 1.0
+RETENTION_BATCH_SIZE = 1000
 MIN_PASS_INTERVAL_SECONDS = 0.01
 
 
@@ -88,6 +89,8 @@ class Dispatcher:
             if time.monotonic() >= self._next_recovery:  # leases last seconds: once a second is enough
                 execution.recover_expired_leases(conn)
                 execution.recover_expired_handoffs(conn)
+                # Retention rides along: one small batch a second keeps up with 86 million a day.
+                execution.delete_expired_tasks(conn, self._settings.retention_days, RETENTION_BATCH_SIZE)
                 self._next_recovery = time.monotonic() + RECOVERY_INTERVAL_SECONDS
             while (room := min(self._outlet.room(conn), self._settings.claim_batch_size)) > 0:
                 claimed = self._outlet.claim(conn, room)

@@ -4,13 +4,24 @@ client sees when it breaks it."""
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
 
 INT64_MAX = 9_223_372_036_854_775_807
 TASK_TYPE_MAX_LENGTH = 50
@@ -19,6 +30,11 @@ MAX_ATTEMPTS_LIMIT = 100
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_BODY_BYTES = 256 * 1024
+# The payload as AT stores and answers it (compact JSON, UTF-8): see check_stored_payload_size.
+MAX_STORED_PAYLOAD_BYTES = 1024 * 1024
+# A cursor is base64url of a small JSON object; the longest one made today (a 50-character
+# task_type of 4-byte characters, the largest id) has 380 characters.
+CURSOR_MAX_LENGTH = 1024
 # Deeper payloads could be stored but not answered: the response serializer (pydantic-core) gives
 # up near 255 levels, which made create, read and every list page holding the task a 500.
 MAX_PAYLOAD_DEPTH = 100
@@ -116,6 +132,37 @@ def ensure_storable_json(value: object) -> None:
                 for key in item:
                     _check_storable_string(key)
             stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
+def _exponent_growth(value: object) -> int:
+    """Bytes the numbers in `value` gain in PostgreSQL: jsonb keeps a number as numeric, which is
+    written without an exponent, so a float JSON writes as 1e+300 comes back as 1 and 300 zeros."""
+    growth, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            text = repr(item)  # what json.dumps writes; only e+ forms (|x| >= 1e16) lose their exponent
+            if "e+" in text:
+                growth += int(text.partition("e+")[2]) + 1 + text.startswith("-") - len(text)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return growth
+
+
+def check_stored_payload_size(payload: object) -> None:
+    """A payload must stay within MAX_STORED_PAYLOAD_BYTES as it is answered (compact JSON, UTF-8)
+    after PostgreSQL has stored it, so that every answer holding the task fits in one Lambda
+    response: a 256 KiB body of 1e308s would be 13 MB of digits. ValueError, with the client's
+    message, when it would not."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    size = len(text.encode("utf-8")) + _exponent_growth(payload)
+    if size > MAX_STORED_PAYLOAD_BYTES:
+        raise ValueError(
+            f"payload would be stored as {size} bytes of JSON, over the limit of {MAX_STORED_PAYLOAD_BYTES} "
+            "(PostgreSQL writes numbers out in full: 1e300 takes 301 digits)"
+        )
 
 
 def _check_storable_string(text: str) -> None:
@@ -224,6 +271,81 @@ TaskTypeFilter = Annotated[
 ]
 
 
+CURSOR_MALFORMED = "cursor is malformed: pass the next_cursor of a previous page unchanged"
+
+
+def parse_cursor_text(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):  # a query value is always a string; this is for the type checker
+        raise ValueError(CURSOR_MALFORMED)
+    return value
+
+
+_CURSOR_MEANING = (
+    "The `next_cursor` of a previous page, with the same filters: the page continues after it (newest first), "
+    "however many tasks were created meanwhile. Not with a non-zero `offset`."
+)
+PageCursor = Annotated[
+    str | None,
+    BeforeValidator(parse_cursor_text),
+    WithJsonSchema({"type": "string", "maxLength": CURSOR_MAX_LENGTH, "description": _CURSOR_MEANING}),
+]
+
+
+class ListFilters(BaseModel):
+    """The filters of GET /api/v1/tasks: what `total` counts and what a cursor belongs to.
+
+    A new filter is a new field here (absent = None): it then counts in every cursor made and
+    checked, and cursors made before it stay valid for requests that do not use it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    status: TaskStatus | None = None
+    task_type: str | None = None
+
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class _CursorState(BaseModel):
+    """What a cursor holds: the page starts below id `before`, for these filters."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: 5.0, "5" and true are not ids
+
+    v: Annotated[int, Field(ge=1, le=1)]  # the format's version (Literal[1] would take true)
+    before: Annotated[int, Field(ge=1, le=INT64_MAX)]
+    filters: ListFilters
+
+
+def make_cursor(filters: ListFilters, before: int) -> str:
+    """next_cursor: base64url (unpadded) of {"v": 1, "before": <last id shown>, "filters": {...}}.
+
+    Opaque to clients; keyset paging, so the next page is `id < before` with the same filters."""
+    state = {"v": 1, "before": before, "filters": filters.model_dump(mode="json", exclude_none=True)}
+    raw = json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def read_cursor(text: str, filters: ListFilters) -> int:
+    """The id a cursor's page starts below. ValueError, with the client's message, when the text is
+    not a cursor this API made, or when it was made for other filters than `filters`."""
+    if len(text) > CURSOR_MAX_LENGTH or not _BASE64URL.fullmatch(text):
+        raise ValueError(CURSOR_MALFORMED)
+    try:
+        state = _CursorState.model_validate_json(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except ValueError:  # binascii.Error and pydantic's ValidationError (not JSON, not our shape) are ValueErrors
+        raise ValueError(CURSOR_MALFORMED) from None
+    if state.filters != filters:
+        made_for, asked = state.filters, filters
+        differing = [name for name in ListFilters.model_fields if getattr(made_for, name) != getattr(asked, name)]
+        raise ValueError(
+            f"cursor was made for other filters ({', '.join(differing)}): send the filters of the page it came "
+            "from, or start again without a cursor"
+        )
+    return state.before
+
+
 class CreateTaskRequest(BaseModel):
     """Body of POST /api/v1/tasks. Unknown fields are ignored, as the original did."""
 
@@ -289,8 +411,33 @@ class TaskEnvelope(BaseModel):
 
 
 class TaskPage(BaseModel):
+    """One page of GET /api/v1/tasks: fewer than `limit` tasks when more would not fit in one response."""
+
     tasks: list[Task]
-    total: int = Field(description="Tasks matching the filters, ignoring limit and offset.")
+    total: int = Field(description="Tasks matching the filters, ignoring limit, offset and cursor.")
+    next_cursor: Annotated[str | None, WithJsonSchema({"type": "string"}, mode="serialization")] = Field(
+        default=None,
+        exclude_if=_is_none,
+        json_schema_extra=_without_default,
+        description=(
+            "Present only when more tasks match beyond this page: pass it as `cursor`, with the same filters, "
+            "for the next page. A page holds fewer than `limit` tasks when they would not fit in one response; "
+            "then follow next_cursor, or advance `offset` by the number of tasks received."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class TaskListing:
+    """A page as the database gave it, before atcore.api.page_response fits it into one response."""
+
+    tasks: list[Task]  # at most `limit`, newest first
+    total: int
+    more: bool  # tasks beyond these match the filters too
+    filters: ListFilters
+
+    def cursor_after(self, task: Task) -> str:
+        return make_cursor(self.filters, task.id)
 
 
 class ErrorDetail(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from atcore.db import Connection
-from atcore.models import CreateTaskRequest, Task, TaskPage, TaskStatus
+from atcore.models import CreateTaskRequest, ListFilters, Task, TaskListing, TaskStatus
 from atcore.sql import query
 
 # The dispatcher never sleeps longer than this; creates due sooner wake it (create_task SQL).
@@ -15,6 +15,9 @@ _TASK_COLUMNS = (
     "id", "execute_at", "task_type", "payload", "status", "attempts", "max_attempts",
     "created_at", "updated_at", "completed_at", "error_message",
 )  # fmt: skip
+
+
+_PAYLOAD = 1 + _TASK_COLUMNS.index("payload")  # in a list_tasks row, after the total
 
 
 def _task(row: list) -> Task:
@@ -50,18 +53,24 @@ def task_status(conn: Connection, task_id: int) -> TaskStatus | None:
 
 
 def list_tasks(
-    conn: Connection, *, status: TaskStatus | None, task_type: str | None, limit: int, offset: int
-) -> TaskPage:
+    conn: Connection, *, filters: ListFilters, before_id: int | None, limit: int, offset: int, max_bytes: int
+) -> TaskListing:
+    """Up to `limit` tasks matching `filters`, newest first, from `offset` on or below `before_id`.
+    Rows after the first `max_bytes` of payload text are not read; they are left for a later page."""
     rows = conn.run(
         query("list_tasks"),
-        status=None if status is None else status.value,
-        task_type=task_type,
-        limit=limit,
+        status=None if filters.status is None else filters.status.value,
+        task_type=filters.task_type,
+        before_id=before_id,
+        limit=limit + 1,  # one more than shown: whether another page follows
         offset=offset,
+        max_bytes=max_bytes,
     )
     total = rows[0][0]
-    tasks = [_task(row[1:]) for row in rows if row[1] is not None]
-    return TaskPage(tasks=tasks, total=total)
+    found = [row for row in rows if row[1] is not None]  # the page's ids, newest first
+    read = [row for row in found if row[_PAYLOAD] is not None]  # those read whole (payload is never NULL)
+    tasks = [_task(row[1:]) for row in read[:limit]]
+    return TaskListing(tasks=tasks, total=total, more=len(found) > len(tasks), filters=filters)
 
 
 def ping(conn: Connection) -> None:
