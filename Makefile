@@ -6,10 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Re-install when a requirements file changes.
 READY  := $(VENV)/.ready
+CHECKOV_VENV  := .venv-checkov
+CHECKOV_READY := $(CHECKOV_VENV)/.ready
 export SAM_CLI_TELEMETRY ?= 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: run test test-unit fuzz openapi lint validate build migrate bench clean
+.PHONY: run test test-unit fuzz openapi lint validate checkov build migrate bench clean
 
 $(READY): requirements-dev.txt layers/common/requirements.txt
 	@test -n "$(PYTHON)" || { echo "AT needs Python 3.13 (python3.13 on PATH, or PYTHON=/path/to/python3.13)" >&2; exit 1; }
@@ -32,9 +34,18 @@ fuzz: $(READY)  ## schemathesis against the local run: AT_FUZZ_EXAMPLES (1000) c
 openapi: $(READY)  ## regenerate docs/openapi.json from the API functions (served at /openapi.json, /docs)
 	$(BIN)/python -m devtools.openapi
 
-lint: $(READY)
+$(CHECKOV_READY): requirements-checkov.txt
+	@test -n "$(PYTHON)" || { echo "AT needs Python 3.13 (python3.13 on PATH, or PYTHON=/path/to/python3.13)" >&2; exit 1; }
+	$(PYTHON) -m venv --clear $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $@
+
+lint: $(READY) checkov
 	$(BIN)/ruff check .
 	$(BIN)/sam validate --lint
+
+checkov: $(CHECKOV_READY)  ## template.yaml's security checks; every skip in the template says why
+	$(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download
 
 validate: $(READY)
 	$(BIN)/sam validate --lint

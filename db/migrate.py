@@ -20,6 +20,10 @@ from typing import Any
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _LOCK_KEY = 0x41545F4D4947  # "AT_MIG": one advisory lock id for every migration runner
+# On deploy: how long to wait for the database to accept connections (MigrateFunction's timeout
+# is 300 s), and how often to try.
+_DEPLOY_CONNECT_SECONDS = 240.0
+_CONNECT_RETRY_SECONDS = 10.0
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
@@ -65,11 +69,24 @@ def apply_migrations(conn: Any, directory: Path = MIGRATIONS_DIR) -> list[str]:
     return applied
 
 
-def migrate_configured_database() -> list[str]:
+def migrate_configured_database(connect_for_seconds: float = 0.0) -> list[str]:
+    """connect_for_seconds: keep trying to connect that long while the database is unavailable.
+    On a first deploy RDS Proxy may still be registering its new database when this runs."""
+    import time
+
     from atcore.config import database_settings
     from atcore.db import open_connection
+    from atcore.errors import DatabaseUnavailable
 
-    conn = open_connection(database_settings())
+    give_up_at = time.monotonic() + connect_for_seconds
+    while True:
+        try:
+            conn = open_connection(database_settings())
+            break
+        except DatabaseUnavailable:
+            if time.monotonic() + _CONNECT_RETRY_SECONDS > give_up_at:
+                raise
+            time.sleep(_CONNECT_RETRY_SECONDS)
     try:
         return apply_migrations(conn)
     finally:
@@ -100,7 +117,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     from atcore.observability import logger
 
     try:
-        applied = migrate_configured_database() if event.get("RequestType") in ("Create", "Update") else []
+        if event.get("RequestType") in ("Create", "Update"):
+            applied = migrate_configured_database(connect_for_seconds=_DEPLOY_CONNECT_SECONDS)
+        else:
+            applied = []
         logger.info("Migrations applied", extra={"versions": applied})
         if "ResponseURL" in event:
             _send_cfn_response(event, context, "SUCCESS")

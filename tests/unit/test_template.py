@@ -182,7 +182,11 @@ def test_no_literal_secrets() -> None:
     for name, parameter in TEMPLATE.get("Parameters", {}).items():
         if re.search(r"password|token", name, re.IGNORECASE):
             assert parameter.get("NoEcho") is True, f"parameter {name} must be NoEcho"
-    assert env_vars("CreateTaskFunction")["DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}
+    # The secret RDS manages (Database=create) or the one given (Database=existing), never a value.
+    assert env_vars("CreateTaskFunction")["DB_SECRET_ARN"] == {
+        "Fn::If": ["CreateDatabase", {"Fn::GetAtt": ["DatabaseInstance", "MasterUserSecret.SecretArn"]},
+                   {"Ref": "DbSecretArn"}]
+    }
 
 
 def test_task_queue_outlives_worker_retries_and_has_a_dead_letter_queue() -> None:

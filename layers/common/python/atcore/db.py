@@ -23,6 +23,7 @@ import pg8000.native
 from pg8000.exceptions import DatabaseError as DriverDatabaseError
 from pg8000.exceptions import InterfaceError
 
+from atcore import snapstart  # noqa: F401  (registers the SnapStart hooks that empty this pool)
 from atcore.config import DatabaseSettings, database_settings
 from atcore.errors import DatabaseError, DatabaseUnavailable, InvalidRequest
 from atcore.observability import logger
