@@ -11,12 +11,13 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from atcore import executors
-from atcore.executors import ExecutionError, aws, execute, http_callback, known_task_types, safety, sqs
+from atcore.executors import ExecutionError, aws, deadlines, execute, http_callback, known_task_types, safety, sqs
 from atcore.executors import email as email_executor
 from atcore.executors.payloads import parse_payload
 
@@ -80,6 +81,42 @@ def test_importing_the_package_does_not_import_boto3() -> None:
 def test_a_payload_that_is_not_an_object_is_rejected(task_type: str) -> None:
     error = failure(task_type, ["not", "an", "object"])
     assert (error.message, error.retryable) == ("payload: must be a JSON object", False)
+
+
+# --- deadlines -------------------------------------------------------------------------------------
+
+def test_the_attempt_deadline_is_the_sooner_of_the_callers_and_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AT_HTTP_TIMEOUT_SECONDS", "10")
+    now = time.monotonic()
+    assert now + 9.9 < deadlines.attempt_deadline(None) < now + 11
+    assert deadlines.attempt_deadline(now + 3) == now + 3
+    assert now + 9.9 < deadlines.attempt_deadline(now + 60) < now + 11
+    with pytest.raises(ValueError):
+        deadlines.attempt_deadline(float("nan"))
+
+
+def test_remaining_time_is_never_zero() -> None:
+    assert 0 < deadlines.remaining(time.monotonic() + 5) <= 5
+    with pytest.raises(TimeoutError):
+        deadlines.remaining(time.monotonic())
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(10.0, "10"), (9.99996, "10"), (0.29999, "0.3"), (2.5, "2.5"),
+                                               (123.4, "123"), (-1.0, "0")])
+def test_seconds_text(seconds: float, text: str) -> None:
+    assert deadlines.seconds_text(seconds) == text
+
+
+@pytest.mark.parametrize("seconds_left", [60.0, 22.0, 10.0, 6.0, 4.0, 2.0, 1.0])
+def test_aws_timeouts_fit_in_what_is_left(seconds_left: float) -> None:
+    timeout, attempts = aws.timeout_profile(seconds_left)
+    assert aws.worst_case_seconds(timeout, attempts) <= seconds_left
+    assert (timeout, attempts) == aws.timeout_profile(seconds_left + 0.001)  # few profiles, so few clients
+
+
+def test_aws_timeouts_when_almost_nothing_is_left_are_the_smallest() -> None:
+    assert aws.timeout_profile(0.2) == aws.timeout_profile(-5) == (0.5, 1)
+    assert aws.timeout_profile(100) == (5.0, 2)  # never beyond the old fixed timeouts
 
 
 # --- malformed payloads: non-retryable, the message names the field -----------------------------

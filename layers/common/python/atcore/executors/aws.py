@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,7 +31,14 @@ _TRANSIENT_CODES = frozenset({
     "RequestTimeoutException", "ExpiredToken", "ExpiredTokenException", "RequestExpired",
 })
 
-_clients: dict[str, Any] = {}
+# (seconds per connect and per read, SDK attempts), most generous first. A client is made per
+# service and profile (at most len(_TIMEOUT_PROFILES) of each), and a call uses the most generous
+# profile whose worst case fits in what is left of the attempt's deadline (see worst_case_seconds).
+_TIMEOUT_PROFILES: tuple[tuple[float, int], ...] = ((5.0, 2), (2.0, 2), (1.0, 2), (1.0, 1), (0.5, 1))
+# botocore's standard retry mode sleeps at most this long before its second attempt.
+_RETRY_SLEEP_SECONDS = 1.0
+
+_clients: dict[tuple[str, tuple[float, int]], Any] = {}
 _clients_lock = threading.Lock()
 
 
@@ -46,15 +54,36 @@ def delivery_enabled(service: str) -> bool:
     return env_flag("AT_AWS_DELIVERY") or endpoint_url(service) is not None
 
 
-def client(service: str) -> Any:
-    """One client per service per process (clients are thread-safe; creating one is not cheap)."""
-    existing = _clients.get(service)
+def client(service: str, deadline: float) -> Any:
+    """A client whose timeouts fit in what is left before `deadline` (time.monotonic()).
+
+    Clients are cached per service and timeout profile (they are thread-safe; creating one is not
+    cheap). botocore has no per-call timeout, so the fit is by profile: its connect and read
+    timeouts, times its attempts, plus the retry sleep, stay within the time left, down to the
+    smallest profile (one attempt of 0.5 s + 0.5 s), which may overrun a deadline under a second away.
+    """
+    profile = timeout_profile(deadline - time.monotonic())
+    key = (service, profile)
+    existing = _clients.get(key)
     if existing is not None:
         return existing
     with _clients_lock:
-        if service not in _clients:
-            _clients[service] = _new_client(service)
-        return _clients[service]
+        if key not in _clients:
+            _clients[key] = _new_client(service, *profile)
+        return _clients[key]
+
+
+def timeout_profile(seconds_left: float) -> tuple[float, int]:
+    """(seconds per connect and per read, attempts): the most generous that fits in `seconds_left`."""
+    for profile in _TIMEOUT_PROFILES:
+        if worst_case_seconds(*profile) <= seconds_left:
+            return profile
+    return _TIMEOUT_PROFILES[-1]
+
+
+def worst_case_seconds(timeout: float, attempts: int) -> float:
+    """How long a call can take: each attempt may connect and wait for its answer, then the retry sleep."""
+    return attempts * 2 * timeout + (attempts - 1) * _RETRY_SLEEP_SECONDS
 
 
 def reset_clients() -> None:
@@ -63,11 +92,12 @@ def reset_clients() -> None:
         _clients.clear()
 
 
-def _new_client(service: str) -> Any:
+def _new_client(service: str, timeout: float, attempts: int) -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(connect_timeout=5, read_timeout=5, retries={"mode": "standard", "max_attempts": 2})
+    config = Config(connect_timeout=timeout, read_timeout=timeout,
+                    retries={"mode": "standard", "max_attempts": attempts})
     # A session of its own: boto3's default session is not safe to share between threads. botocore
     # reads AWS_DEFAULT_REGION only; AWS_REGION (what Lambda and most tools set) is honoured too.
     session = boto3.session.Session(region_name=env_str("AWS_REGION"))

@@ -75,7 +75,7 @@ class EmailPayload(BaseModel):
         return self
 
 
-def run(task_id: int, payload: object, attempt: int) -> dict[str, object]:
+def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict[str, object]:
     email = parse_payload(EmailPayload, payload)
     sender = email.sender or env_str("AT_EMAIL_FROM")
     if sender is None:
@@ -84,7 +84,7 @@ def run(task_id: int, payload: object, attempt: int) -> dict[str, object]:
         outbox.deliver("email", task_id, attempt, outbox_message(email, sender))
         return {"delivery": "outbox"}
     with aws.sdk_call("SES SendEmail"):
-        response = aws.client("sesv2").send_email(**ses_request(email, sender))
+        response = aws.client("sesv2", deadline).send_email(**ses_request(email, sender))
     return {"delivery": "ses", "message_id": response.get("MessageId")}
 
 

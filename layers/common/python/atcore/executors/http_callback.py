@@ -11,6 +11,7 @@ import json
 import re
 import ssl
 import string
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -18,9 +19,9 @@ from urllib.parse import quote, urlsplit
 from pydantic import BaseModel, Field, field_validator
 
 from . import http_transport, safety
+from .deadlines import seconds_text
 from .errors import ExecutionError, truncate
 from .payloads import PAYLOAD_CONFIG, has_control_characters, parse_payload
-from .settings import http_timeout_seconds
 
 USER_AGENT = "AT-scheduler/1"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -133,18 +134,19 @@ def check_header(name: str, value: str) -> None:
         raise ValueError(f"header {name!r} has an invalid value (ASCII only, no control characters, at most 8 KiB)")
 
 
-def run(task_id: int, payload: object, attempt: int) -> dict[str, object]:
+def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict[str, object]:
+    """One attempt, over by `deadline` (time.monotonic()): DNS, connect, TLS, request and answer together."""
+    budget = deadline - time.monotonic()
     callback = parse_payload(HttpCallbackPayload, payload)
     url = parse_callback_url(callback.url)
-    timeout = http_timeout_seconds()
-    destination = http_transport.Destination(
-        url.scheme, url.host, url.port, tuple(safety.vetted_addresses(url.host, url.port)))
     body = callback.body()
     headers = request_headers(task_id, attempt, callback.headers, has_body=body is not None)
     try:
-        reply = http_transport.send(destination, callback.method, url.target, headers, body, timeout)
+        addresses = safety.vetted_addresses(url.host, url.port, deadline)
+        destination = http_transport.Destination(url.scheme, url.host, url.port, tuple(addresses))
+        reply = http_transport.send(destination, callback.method, url.target, headers, body, deadline)
     except (OSError, http.client.HTTPException) as exc:
-        raise transport_error(exc, timeout) from None
+        raise transport_error(exc, budget) from None
     check_status(reply.status, reply.body_head)
     return {"http_status": reply.status, "http_host": url.host}
 
@@ -176,9 +178,10 @@ def check_status(status: int, body_head: bytes) -> None:
     raise CallbackStatusError(message, retryable=retryable, http_status=status)
 
 
-def transport_error(exc: OSError | http.client.HTTPException, timeout: float) -> ExecutionError:
-    if isinstance(exc, TimeoutError):
-        return ExecutionError(f"callback timed out after {timeout:g}s")
+def transport_error(exc: OSError | http.client.HTTPException, budget: float) -> ExecutionError:
+    """What a failed exchange means; `budget` is the attempt's time in seconds (for "timed out after")."""
+    if isinstance(exc, TimeoutError):  # in whichever phase: resolving, connecting, TLS, sending, reading
+        return ExecutionError(f"callback timed out after {seconds_text(budget)}s")
     if isinstance(exc, ssl.SSLCertVerificationError):
         # A wrong or expired certificate is a configuration problem at the receiver: retries won't fix it.
         reason = getattr(exc, "verify_message", None) or str(exc)

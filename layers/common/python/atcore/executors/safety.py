@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+from . import resolver
+from .deadlines import attempt_deadline
 from .errors import ExecutionError, truncate
 from .settings import private_destinations_allowed
 
@@ -22,14 +24,17 @@ _SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade N
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are an IPv4 address
 
 
-def resolve_addresses(host: str, port: int) -> list[str]:
-    """All addresses `host` resolves to, in the resolver's order (IP literals are returned as they are)."""
+def resolve_addresses(host: str, port: int, deadline: float | None = None) -> list[str]:
+    """All addresses `host` resolves to, in the resolver's order (IP literals are returned as they are).
+
+    Raises TimeoutError if the answer has not come by `deadline` (default: AT_HTTP_TIMEOUT_SECONDS).
+    """
     try:  # an IP literal needs no resolver call (a syscall per callback otherwise)
         return [str(ipaddress.ip_address(host.strip("[]")))]
     except ValueError:
         pass
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        infos = resolver.getaddrinfo(host, port, attempt_deadline(deadline))
     except (socket.gaierror, UnicodeError) as exc:
         raise ExecutionError(f"callback DNS lookup failed for {host!r}: {truncate(str(exc))}") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
@@ -38,9 +43,9 @@ def resolve_addresses(host: str, port: int) -> list[str]:
     return addresses
 
 
-def vetted_addresses(host: str, port: int) -> list[str]:
+def vetted_addresses(host: str, port: int, deadline: float | None = None) -> list[str]:
     """The addresses to connect to; refuses (non-retryable) if ANY of them is not public."""
-    addresses = resolve_addresses(host, port)
+    addresses = resolve_addresses(host, port, deadline)
     if private_destinations_allowed():
         return addresses
     for address in addresses:
