@@ -31,7 +31,8 @@ SENDER = "at@example.com"
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     for name in ("AT_HTTP_ALLOW_PRIVATE", "AT_AWS_DELIVERY", "AT_EMAIL_FROM", "AT_SQS_DEFAULT_QUEUE_URL",
                  "AT_HTTP_TIMEOUT_SECONDS", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SES", "AWS_ENDPOINT_URL_SESV2",
-                 "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE"):
+                 "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE", "AWS_LAMBDA_FUNCTION_NAME",
+                 "AWS_LAMBDA_RUNTIME_API"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AT_OUTBOX_DIR", str(tmp_path / "outbox"))
     yield
@@ -373,6 +374,38 @@ def test_private_destinations_are_refused(unprotected_sink: Sink, monkeypatch: p
     assert not error.retryable
     assert error.message == f"callback destination refused: {reason}"
     assert unprotected_sink.connections_opened == 0
+
+
+@pytest.mark.parametrize("variable", ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_RUNTIME_API"])
+def test_on_lambda_loopback_stays_refused_when_private_destinations_are_allowed(
+        unprotected_sink: Sink, monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    """The Lambda runtime API and extensions listen on loopback: a task must not reach them."""
+    monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
+    monkeypatch.setenv(variable, "127.0.0.1:9001" if variable.endswith("API") else "at-worker")
+    resolve_names_to(monkeypatch, {"localhost": "127.0.0.1"})
+    for url in (unprotected_sink.url(), unprotected_sink.url(host="localhost"), unprotected_sink.url(host="[::1]")):
+        error = callback_failure(url)
+        assert not error.retryable
+        assert error.message.startswith("callback destination refused:")
+        assert error.message.endswith("(loopback)")
+    assert unprotected_sink.connections_opened == 0
+    monkeypatch.delenv(variable)
+    callback(unprotected_sink.url())  # the local run: allowed
+    assert unprotected_sink.connections_opened == 1
+
+
+@pytest.mark.parametrize(("host", "reason"), [
+    ("169.254.169.254", "cloud metadata service"), ("[fd00:ec2::254]", "cloud metadata service"),
+    ("[::ffff:169.254.169.254]", "cloud metadata service"), ("169.254.170.2", "link-local"),
+    ("metadata.test", "cloud metadata service")])
+def test_metadata_and_link_local_stay_refused_when_private_destinations_are_allowed(
+        monkeypatch: pytest.MonkeyPatch, host: str, reason: str) -> None:
+    monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
+    resolve_names_to(monkeypatch, {"metadata.test": "169.254.169.254"})
+    error = callback_failure(f"http://{host}/latest/meta-data/iam/security-credentials/")
+    assert not error.retryable
+    assert error.message.startswith("callback destination refused:")
+    assert error.message.endswith(f"({reason})")
 
 
 # --- https -----------------------------------------------------------------------------------------

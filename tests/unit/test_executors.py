@@ -28,7 +28,7 @@ LAYER = Path(__file__).resolve().parents[2] / "layers" / "common" / "python"
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AT_HTTP_ALLOW_PRIVATE", "AT_AWS_DELIVERY", "AT_EMAIL_FROM", "AT_SQS_DEFAULT_QUEUE_URL",
                  "AT_HTTP_TIMEOUT_SECONDS", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SES", "AWS_ENDPOINT_URL_SESV2",
-                 "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS"):
+                 "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_RUNTIME_API"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -351,6 +351,62 @@ def test_private_destinations_can_be_allowed_for_local_runs(monkeypatch: pytest.
     stub_resolver(monkeypatch, {"sink.local": ["127.0.0.1"]})
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "true")
     assert safety.vetted_addresses("sink.local", 80) == ["127.0.0.1"]
+
+
+# What AT_HTTP_ALLOW_PRIVATE=1 can never open: the metadata service and link-local, in any spelling.
+ALWAYS_REFUSED = ["169.254.169.254", "169.254.1.1", "169.254.170.2", "fe80::1", "fe80::a9fe:a9fe", "fd00:ec2::254",
+                  "::ffff:169.254.169.254", "::ffff:169.254.1.1", "::169.254.169.254", "2002:a9fe:a9fe::",
+                  "64:ff9b::a9fe:a9fe", "2001:0:4136:e378:8000:63bf:5601:5601"]  # Teredo, client 169.254.169.254
+# ... and on Lambda, where the runtime API and extensions listen on loopback, the local host either.
+REFUSED_ON_LAMBDA = ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1", "0.0.0.0", "::", "2002:7f00:1::"]
+ALLOWED_PRIVATE = ["10.0.0.1", "172.16.5.4", "192.168.1.1", "fc00::1", "100.64.0.1", "::ffff:10.1.2.3", "8.8.8.8"]
+
+
+LAMBDA_VARIABLES = {"AWS_LAMBDA_FUNCTION_NAME": "at-worker", "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001"}
+WHERE = pytest.mark.parametrize("where", [None, *LAMBDA_VARIABLES], ids=["local", *LAMBDA_VARIABLES])
+
+
+def allow_private(monkeypatch: pytest.MonkeyPatch, where: str | None) -> None:
+    """AT_HTTP_ALLOW_PRIVATE=1, locally (`where` None) or on Lambda (`where` names the variable it sets)."""
+    monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
+    if where is not None:
+        monkeypatch.setenv(where, LAMBDA_VARIABLES[where])
+
+
+def refusal(host: str) -> str:
+    with pytest.raises(ExecutionError) as caught:
+        safety.vetted_addresses(host, 80)
+    assert not caught.value.retryable
+    assert caught.value.message.startswith("callback destination refused:")
+    return caught.value.message
+
+
+@WHERE
+@pytest.mark.parametrize("address", ALWAYS_REFUSED)
+def test_allowing_private_destinations_never_allows_metadata_or_link_local(
+        monkeypatch: pytest.MonkeyPatch, address: str, where: str | None) -> None:
+    allow_private(monkeypatch, where)
+    stub_resolver(monkeypatch, {"sneaky.example": ["10.0.0.1", address]})
+    for host in (address, "sneaky.example"):
+        assert refusal(host).endswith(("(cloud metadata service)", "(link-local)")), refusal(host)
+
+
+@pytest.mark.parametrize("where", list(LAMBDA_VARIABLES))
+@pytest.mark.parametrize("address", REFUSED_ON_LAMBDA)
+def test_on_lambda_allowing_private_destinations_never_allows_loopback(
+        monkeypatch: pytest.MonkeyPatch, address: str, where: str) -> None:
+    allow_private(monkeypatch, None)
+    assert safety.vetted_addresses(address, 80) == [str(ipaddress.ip_address(address))]  # the local run: allowed
+    allow_private(monkeypatch, where)
+    assert refusal(address).endswith(("(loopback)", "(unspecified)")), refusal(address)
+
+
+@WHERE
+@pytest.mark.parametrize("address", ALLOWED_PRIVATE)
+def test_allowing_private_destinations_allows_private_ranges_and_cgnat(
+        monkeypatch: pytest.MonkeyPatch, address: str, where: str | None) -> None:
+    allow_private(monkeypatch, where)
+    assert safety.vetted_addresses(address, 80) == [address]
 
 
 def test_unresolvable_host_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
