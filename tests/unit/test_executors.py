@@ -68,8 +68,15 @@ def test_a_task_type_that_is_not_a_string_is_unknown() -> None:
 
 def test_execution_error_carries_message_and_retryable() -> None:
     error = ExecutionError("boom")
-    assert (error.message, error.retryable, str(error)) == ("boom", True, "boom")
+    assert (error.message, error.retryable, str(error), error.detail) == ("boom", True, "boom", None)
     assert ExecutionError("no", retryable=False).retryable is False
+
+
+def test_execution_error_detail_is_for_the_log_only() -> None:
+    error = ExecutionError("callback returned HTTP 500", detail="response body: at db.internal:5432")
+    assert error.detail == "response body: at db.internal:5432"
+    for shown in (str(error), repr(error), *map(str, error.args)):
+        assert "db.internal" not in shown
 
 
 def test_importing_the_package_does_not_import_boto3() -> None:
@@ -287,11 +294,13 @@ def test_non_2xx_classification(status: int, retryable: bool) -> None:
     assert caught.value.message.startswith(f"callback returned HTTP {status}")
 
 
-def test_error_message_keeps_only_the_start_of_the_body() -> None:
+def test_the_response_body_is_not_in_the_message_and_only_its_start_in_the_detail() -> None:
     with pytest.raises(ExecutionError) as caught:
-        http_callback.check_status(503, b"overloaded\n" + b"x" * 5000)
-    assert caught.value.message.startswith("callback returned HTTP 503: overloaded x")
-    assert len(caught.value.message) < 240
+        http_callback.check_status(503, b"overloaded at db.internal:5432\n" + b"x" * 5000)
+    assert caught.value.message == "callback returned HTTP 503"
+    assert caught.value.detail is not None
+    assert caught.value.detail.startswith("response body: overloaded at db.internal:5432 x")
+    assert len(caught.value.detail) < 240
     with pytest.raises(ExecutionError, match=r"HTTP 302 \(redirects are not followed\)$"):
         http_callback.check_status(302, b"")
 
@@ -310,6 +319,12 @@ def test_transport_error_classification(exc: Exception, message: str, retryable:
     error = http_callback.transport_error(exc, 10.0)  # type: ignore[arg-type]
     assert error.message.startswith(message)
     assert error.retryable is retryable
+
+
+def test_a_connection_error_keeps_only_its_errno_and_text() -> None:
+    error = http_callback.transport_error(OSError(13, "Permission denied", "/var/task/secret.pem"), 10.0)
+    assert error.message == "callback connection failed: [Errno 13] Permission denied"
+    assert error.detail is not None and "/var/task/secret.pem" in error.detail
 
 
 # --- destination safety ----------------------------------------------------------------------------
@@ -341,8 +356,8 @@ def test_every_resolved_address_is_checked(monkeypatch: pytest.MonkeyPatch) -> N
     stub_resolver(monkeypatch, {"mixed.example": ["8.8.8.8", "10.1.2.3"], "public.example": ["8.8.8.8", "1.1.1.1"]})
     with pytest.raises(ExecutionError) as caught:
         safety.vetted_addresses("mixed.example", 443)
-    assert caught.value.message == ("callback destination refused: mixed.example resolves to 10.1.2.3, "
-                                    "not a public address (private)")
+    assert caught.value.message == "callback destination refused: mixed.example resolves to a non-public address (private)"
+    assert caught.value.detail is not None and "10.1.2.3" in caught.value.detail  # the log line's, not the owner's
     assert not caught.value.retryable
     assert safety.vetted_addresses("public.example", 443) == ["8.8.8.8", "1.1.1.1"]
 
@@ -465,7 +480,66 @@ def client_error(code: str, status: int) -> Exception:
 def test_aws_client_error_classification(code: str, status: int, retryable: bool) -> None:
     error = aws.classify_error(client_error(code, status), "SES SendEmail")
     assert error.retryable is retryable
-    assert error.message == f"SES SendEmail failed: {code}: {code} happened"
+    assert error.message.startswith(f"SES SendEmail failed: {code}")
+    assert "happened" not in error.message  # AWS's message is the log line's
+    assert error.detail == f"HTTP {status}: {code} happened"
+
+
+ROLE_DENIED = ("User: arn:aws:sts::123456789012:assumed-role/at-worker-role/at-worker is not authorized to "
+               "perform: {action} on resource: arn:aws:ses:us-east-1:123456789012:identity/example.com")
+
+
+@pytest.mark.parametrize(("task_type", "payload", "method", "code", "expected"), [
+    ("send_email", {"to": "a@example.com", "subject": "s", "text": "t", "from": "at@example.com"}, "send_email",
+     "AccessDenied", "SES SendEmail failed: AccessDenied: the worker is not allowed to send from this address"),
+    ("send_email", {"to": "a@example.com", "subject": "s", "text": "t", "from": "at@example.com"}, "send_email",
+     "MessageRejected", "SES SendEmail failed: MessageRejected"),
+    ("send_sms", {"phone_number": "+15551234567", "message": "hi"}, "publish", "AuthorizationError",
+     "SNS Publish failed: AuthorizationError: the worker is not allowed to send SMS"),
+    ("sqs_message", {"queue_url": "https://sqs.us-east-1.amazonaws.com/1/q", "body": "x"}, "send_message",
+     "AccessDenied", "SQS SendMessage failed: AccessDenied: the worker is not allowed to send to this queue"),
+    ("sqs_message", {"queue_url": "https://sqs.us-east-1.amazonaws.com/1/q", "body": "x"}, "send_message",
+     "AWS.SimpleQueueService.NonExistentQueue", "SQS SendMessage failed: AWS.SimpleQueueService.NonExistentQueue: "
+                                                "the queue does not exist"),
+])
+def test_aws_failures_tell_the_owner_what_failed_and_log_the_rest(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, task_type: str, payload: dict,
+        method: str, code: str, expected: str) -> None:
+    from botocore.exceptions import ClientError
+
+    aws_message = ROLE_DENIED.format(action=method) if "Denied" in code or "Authorization" in code else (
+        "Email address is not verified. The following identities failed the check in region US-EAST-1: "
+        "at@example.com (account 123456789012)")
+
+    class Client:
+        def __getattr__(self, name: str) -> object:
+            def call(**request: object) -> object:
+                raise ClientError({"Error": {"Code": code, "Message": aws_message},  # type: ignore[typeddict-item]
+                                   "ResponseMetadata": {"HTTPStatusCode": 400}}, name)
+            return call
+
+    monkeypatch.setenv("AT_AWS_DELIVERY", "1")
+    monkeypatch.setattr(aws, "client", lambda service, *deadline: Client())
+    error = failure(task_type, payload)
+    assert error.message == expected
+    assert not error.retryable
+    for internal in ("123456789012", "arn:aws", "not verified", "identities"):
+        assert internal not in error.message
+    [record] = [r for r in caplog.records if r.getMessage() == "task execution failed"]
+    assert record.error_detail == f"HTTP 400: {aws_message}"  # type: ignore[attr-defined]
+
+
+def test_aws_errors_other_than_client_errors_keep_their_text_for_the_log() -> None:
+    from botocore.exceptions import EndpointConnectionError, ParamValidationError
+
+    error = aws.classify_error(EndpointConnectionError(endpoint_url="https://vpce-0abc.sns.us-east-1.vpce.amazonaws.com/"),
+                               "SNS Publish")
+    assert error.message == "SNS Publish failed: EndpointConnectionError"
+    assert error.detail is not None and "vpce-0abc" in error.detail
+    report = "Invalid length for parameter Message, value: my-private-text, valid min length: 1"
+    error = aws.classify_error(ParamValidationError(report=report), "SNS Publish")
+    assert error.message == "SNS Publish rejected the request: invalid parameter Message"
+    assert "my-private-text" not in f"{error.message} {error.detail}"  # payload content is logged nowhere
 
 
 def test_aws_transport_and_parameter_errors() -> None:
@@ -489,4 +563,5 @@ def test_sdk_call_wraps_unexpected_exceptions() -> None:
     with pytest.raises(ExecutionError) as caught, aws.sdk_call("SQS SendMessage"):
         raise ValueError("odd")
     assert caught.value.retryable
-    assert caught.value.message == "SQS SendMessage failed: ValueError: odd"
+    assert caught.value.message == "SQS SendMessage failed: ValueError"
+    assert caught.value.detail == "odd"

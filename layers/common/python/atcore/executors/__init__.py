@@ -61,6 +61,8 @@ def execute(task_id: int, task_type: str, payload: object, attempt: int, *, dead
     except ExecutionError as error:
         log_fields.update(outcome="retryable_failure" if error.retryable else "failed", error=error.message,
                           duration_ms=_elapsed_ms(started))
+        if error.detail:  # what the task's owner is not shown: addresses, the AWS message, a response's start
+            log_fields["error_detail"] = error.detail
         if (http_status := getattr(error, "http_status", None)) is not None:
             log_fields["http_status"] = http_status
         logger.warning("task execution failed", extra=log_fields)

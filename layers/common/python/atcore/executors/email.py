@@ -83,7 +83,7 @@ def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict
     if not aws.delivery_enabled("sesv2"):
         outbox.deliver("email", task_id, attempt, outbox_message(email, sender))
         return {"delivery": "outbox"}
-    with aws.sdk_call("SES SendEmail"):
+    with aws.sdk_call("SES SendEmail", denied="the worker is not allowed to send from this address"):
         response = aws.client("sesv2", deadline).send_email(**ses_request(email, sender))
     return {"delivery": "ses", "message_id": response.get("MessageId")}
 

@@ -46,11 +46,22 @@ def resolve_addresses(host: str, port: int, deadline: float | None = None) -> li
     try:
         infos = resolver.getaddrinfo(host, port, attempt_deadline(deadline))
     except (socket.gaierror, UnicodeError) as exc:
-        raise ExecutionError(f"callback DNS lookup failed for {host!r}: {truncate(str(exc))}") from None
+        raise ExecutionError(f"callback DNS lookup failed for {truncate(host, 100)!r}: {_lookup_failure(exc)}",
+                             detail=truncate(str(exc))) from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
-        raise ExecutionError(f"callback DNS lookup failed for {host!r}: no addresses")
+        raise ExecutionError(f"callback DNS lookup failed for {truncate(host, 100)!r}: no addresses")
     return addresses
+
+
+def _lookup_failure(exc: socket.gaierror | UnicodeError) -> str:
+    if isinstance(exc, UnicodeError):
+        return "not a valid host name"
+    if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+        return "no such host, or it has no addresses"
+    if exc.errno == socket.EAI_AGAIN:
+        return "temporary DNS failure"
+    return "DNS error"
 
 
 def vetted_addresses(host: str, port: int, deadline: float | None = None) -> list[str]:
@@ -61,7 +72,8 @@ def vetted_addresses(host: str, port: int, deadline: float | None = None) -> lis
     for address in addresses:
         reason = refusal_reason(ipaddress.ip_address(address), private_allowed=private_allowed, on_lambda=on_lambda)
         if reason is not None:
-            raise ExecutionError(_refusal(host, address, reason), retryable=False)
+            raise ExecutionError(_refusal(host, address, reason), retryable=False,
+                                 detail=f"{host} resolved to {', '.join(addresses[:8])}: {address} is {reason}")
     return addresses
 
 
@@ -119,9 +131,11 @@ def _embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
 
 
 def _refusal(host: str, address: str, reason: str) -> str:
+    """The stored message: the address only if the owner gave it as the URL's host (resolved ones are
+    the network's business and go to the log line)."""
     if _same_address(host, address):
         return f"callback destination refused: {address} is not a public address ({reason})"
-    return f"callback destination refused: {host} resolves to {address}, not a public address ({reason})"
+    return f"callback destination refused: {truncate(host, 100)} resolves to a non-public address ({reason})"
 
 
 def _same_address(host: str, address: str) -> bool:

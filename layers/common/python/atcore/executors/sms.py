@@ -43,7 +43,7 @@ def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict
     if not aws.delivery_enabled("sns"):
         outbox.deliver("sms", task_id, attempt, sms.model_dump())
         return {"delivery": "outbox"}
-    with aws.sdk_call("SNS Publish"):
+    with aws.sdk_call("SNS Publish", denied="the worker is not allowed to send SMS"):
         response = aws.client("sns", deadline).publish(**sns_request(sms))
     return {"delivery": "sns", "message_id": response.get("MessageId")}
 

@@ -85,7 +85,7 @@ def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict
     if not aws.delivery_enabled("sqs"):
         outbox.deliver("sqs", task_id, attempt, outbox_message(request))
         return {"delivery": "outbox"}
-    with aws.sdk_call("SQS SendMessage"):
+    with aws.sdk_call("SQS SendMessage", denied="the worker is not allowed to send to this queue"):
         response = aws.client("sqs", deadline).send_message(**request)
     return {"delivery": "sqs", "message_id": response.get("MessageId")}
 
