@@ -21,6 +21,7 @@ import http.client
 import select
 import socket
 import ssl
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ class _Pinned:
 
     def connect(self) -> None:
         """TCP to a vetted IP (never to what a second DNS lookup of the host would answer)."""
+        sys.audit("http.client.connect", self, self.destination.host, self.destination.port)  # as http.client does
         self.sock = _connect_vetted(self.destination, self.deadline)
         # Headers and body may go out in two writes: without this, Nagle + delayed ACK can add 40 ms.
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -13,6 +13,7 @@ listen there, so a task could otherwise answer invocations or read the function'
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 
@@ -39,10 +40,8 @@ def resolve_addresses(host: str, port: int, deadline: float | None = None) -> li
 
     Raises TimeoutError if the answer has not come by `deadline` (default: AT_HTTP_TIMEOUT_SECONDS).
     """
-    try:  # an IP literal needs no resolver call (a syscall per callback otherwise)
-        return [str(ipaddress.ip_address(host.strip("[]")))]
-    except ValueError:
-        pass
+    if (literal := _ip_literal(host)) is not None:  # no resolver call (a syscall per callback otherwise)
+        return [literal]
     try:
         infos = resolver.getaddrinfo(host, port, attempt_deadline(deadline))
     except (socket.gaierror, UnicodeError) as exc:
@@ -70,11 +69,26 @@ def vetted_addresses(host: str, port: int, deadline: float | None = None) -> lis
     private_allowed = private_destinations_allowed()
     on_lambda = private_allowed and running_on_lambda()
     for address in addresses:
-        reason = refusal_reason(ipaddress.ip_address(address), private_allowed=private_allowed, on_lambda=on_lambda)
+        reason = _verdict(address, private_allowed, on_lambda)
         if reason is not None:
             raise ExecutionError(_refusal(host, address, reason), retryable=False,
                                  detail=f"{host} resolved to {', '.join(addresses[:8])}: {address} is {reason}")
     return addresses
+
+
+# Both cached: pure functions of their arguments, and the same few receivers recur at thousands of
+# callbacks a second (ipaddress's range checks cost ~5 µs an address).
+@functools.lru_cache(maxsize=4096)
+def _ip_literal(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _verdict(address: str, private_allowed: bool, on_lambda: bool) -> str | None:
+    return refusal_reason(ipaddress.ip_address(address), private_allowed=private_allowed, on_lambda=on_lambda)
 
 
 def refusal_reason(address: IPAddress, *, private_allowed: bool, on_lambda: bool) -> str | None:
