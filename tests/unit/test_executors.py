@@ -121,6 +121,16 @@ def test_aws_timeouts_fit_in_what_is_left(seconds_left: float) -> None:
     assert (timeout, attempts) == aws.timeout_profile(seconds_left + 0.001)  # few profiles, so few clients
 
 
+def test_an_aws_client_without_a_deadline_has_the_most_generous_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[str, float, int]] = []
+    monkeypatch.setattr(aws, "_new_client", lambda service, timeout, attempts: made.append((service, timeout, attempts)))
+    aws.reset_clients()
+    aws.client("sqs")  # e.g. the dispatcher's task queue: no attempt deadline
+    aws.client("sqs", time.monotonic() + 3)
+    aws.reset_clients()
+    assert made == [("sqs", 5.0, 2), ("sqs", 1.0, 1)]
+
+
 def test_aws_timeouts_when_almost_nothing_is_left_are_the_smallest() -> None:
     assert aws.timeout_profile(0.2) == aws.timeout_profile(-5) == (0.5, 1)
     assert aws.timeout_profile(100) == (5.0, 2)  # never beyond the old fixed timeouts

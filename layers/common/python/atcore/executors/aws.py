@@ -68,15 +68,16 @@ def delivery_enabled(service: str) -> bool:
     return env_flag("AT_AWS_DELIVERY") or endpoint_url(service) is not None
 
 
-def client(service: str, deadline: float) -> Any:
-    """A client whose timeouts fit in what is left before `deadline` (time.monotonic()).
+def client(service: str, deadline: float | None = None) -> Any:
+    """A client whose timeouts fit in what is left before `deadline` (time.monotonic()); without a
+    deadline (callers outside the executors), the most generous profile.
 
     Clients are cached per service and timeout profile (they are thread-safe; creating one is not
     cheap). botocore has no per-call timeout, so the fit is by profile: its connect and read
     timeouts, times its attempts, plus the retry sleep, stay within the time left, down to the
     smallest profile (one attempt of 0.5 s + 0.5 s), which may overrun a deadline under a second away.
     """
-    profile = timeout_profile(deadline - time.monotonic())
+    profile = _TIMEOUT_PROFILES[0] if deadline is None else timeout_profile(deadline - time.monotonic())
     key = (service, profile)
     existing = _clients.get(key)
     if existing is not None:

@@ -71,8 +71,9 @@ def vetted_addresses(host: str, port: int, deadline: float | None = None) -> lis
     for address in addresses:
         reason = _verdict(address, private_allowed, on_lambda)
         if reason is not None:
+            answers = ", ".join(addresses[:8])
             raise ExecutionError(_refusal(host, address, reason), retryable=False,
-                                 detail=f"{host} resolved to {', '.join(addresses[:8])}: {address} is {reason}")
+                                 detail=f"{truncate(host, 100)} resolved to {answers}: {address} is {reason}")
     return addresses
 
 
