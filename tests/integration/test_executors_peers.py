@@ -31,7 +31,8 @@ SENDER = "at@example.com"
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     for name in ("AT_HTTP_ALLOW_PRIVATE", "AT_AWS_DELIVERY", "AT_EMAIL_FROM", "AT_SQS_DEFAULT_QUEUE_URL",
                  "AT_HTTP_TIMEOUT_SECONDS", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SES", "AWS_ENDPOINT_URL_SESV2",
-                 "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE"):
+                 "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE", "AWS_LAMBDA_FUNCTION_NAME",
+                 "AWS_LAMBDA_RUNTIME_API"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AT_OUTBOX_DIR", str(tmp_path / "outbox"))
     yield
@@ -226,11 +227,13 @@ def test_the_same_idempotency_key_on_every_attempt(sink: Sink) -> None:
     assert [r.headers["X-AT-Attempt"] for r in sink.requests] == ["1", "2", "3"]
 
 
-def test_server_error_is_retryable(sink: Sink) -> None:
+def test_server_error_is_retryable(sink: Sink, caplog: pytest.LogCaptureFixture) -> None:
     error = callback_failure(sink.url("/status/500"))
     assert error.retryable
-    assert error.message.startswith("callback returned HTTP 500: upstream says no")
-    assert len(error.message) <= 240
+    assert error.message == "callback returned HTTP 500"  # the receiver's body is not the task owner's to read
+    [record] = [r for r in caplog.records if r.getMessage() == "task execution failed"]
+    assert record.error_detail.startswith("response body: upstream says no")  # type: ignore[attr-defined]
+    assert len(record.error_detail) <= 240  # type: ignore[attr-defined]
 
 
 def test_failures_never_reveal_headers_or_query_strings(sink: Sink, caplog: pytest.LogCaptureFixture) -> None:
@@ -354,12 +357,12 @@ def unprotected_sink() -> Iterator[Sink]:
     ("http://[::1]:{port}/hook", "::1 is not a public address (loopback)"),
     ("http://[fd00:ec2::254]/", "fd00:ec2::254 is not a public address (cloud metadata service)"),
     ("http://100.64.1.1/", "100.64.1.1 is not a public address (shared address space (CGNAT))"),
-    ("http://localhost:{port}/hook", "localhost resolves to 127.0.0.1, not a public address (loopback)"),
-    ("https://internal.test:{port}/hook", "internal.test resolves to 10.9.8.7, not a public address (private)"),
-    ("http://rebind.test:{port}/hook", "rebind.test resolves to 127.0.0.1, not a public address (loopback)"),
+    ("http://localhost:{port}/hook", "localhost resolves to a non-public address (loopback)"),
+    ("https://internal.test:{port}/hook", "internal.test resolves to a non-public address (private)"),
+    ("http://rebind.test:{port}/hook", "rebind.test resolves to a non-public address (loopback)"),
 ])
 def test_private_destinations_are_refused(unprotected_sink: Sink, monkeypatch: pytest.MonkeyPatch,
-                                          url: str, reason: str) -> None:
+                                          caplog: pytest.LogCaptureFixture, url: str, reason: str) -> None:
     real_getaddrinfo = socket.getaddrinfo
     answers = {"localhost": ["127.0.0.1"], "internal.test": ["10.9.8.7"], "rebind.test": ["8.8.8.8", "127.0.0.1"]}
 
@@ -373,6 +376,44 @@ def test_private_destinations_are_refused(unprotected_sink: Sink, monkeypatch: p
     assert not error.retryable
     assert error.message == f"callback destination refused: {reason}"
     assert unprotected_sink.connections_opened == 0
+    host = url.split("/")[2].rsplit(":", 1)[0].strip("[]")
+    if host in answers:  # a name: its addresses are for the log line, not for the task's owner
+        [record] = [r for r in caplog.records if r.getMessage() == "task execution failed"]
+        for address in answers[host]:
+            assert address not in error.message
+            assert address in record.error_detail  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("variable", ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_RUNTIME_API"])
+def test_on_lambda_loopback_stays_refused_when_private_destinations_are_allowed(
+        unprotected_sink: Sink, monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    """The Lambda runtime API and extensions listen on loopback: a task must not reach them."""
+    monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
+    monkeypatch.setenv(variable, "127.0.0.1:9001" if variable.endswith("API") else "at-worker")
+    resolve_names_to(monkeypatch, {"localhost": "127.0.0.1"})
+    for url in (unprotected_sink.url(), unprotected_sink.url(host="localhost"), unprotected_sink.url(host="[::1]")):
+        error = callback_failure(url)
+        assert not error.retryable
+        assert error.message.startswith("callback destination refused:")
+        assert error.message.endswith("(loopback)")
+    assert unprotected_sink.connections_opened == 0
+    monkeypatch.delenv(variable)
+    callback(unprotected_sink.url())  # the local run: allowed
+    assert unprotected_sink.connections_opened == 1
+
+
+@pytest.mark.parametrize(("host", "reason"), [
+    ("169.254.169.254", "cloud metadata service"), ("[fd00:ec2::254]", "cloud metadata service"),
+    ("[::ffff:169.254.169.254]", "cloud metadata service"), ("169.254.170.2", "link-local"),
+    ("metadata.test", "cloud metadata service")])
+def test_metadata_and_link_local_stay_refused_when_private_destinations_are_allowed(
+        monkeypatch: pytest.MonkeyPatch, host: str, reason: str) -> None:
+    monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
+    resolve_names_to(monkeypatch, {"metadata.test": "169.254.169.254"})
+    error = callback_failure(f"http://{host}/latest/meta-data/iam/security-credentials/")
+    assert not error.retryable
+    assert error.message.startswith("callback destination refused:")
+    assert error.message.endswith(f"({reason})")
 
 
 # --- https -----------------------------------------------------------------------------------------
@@ -489,12 +530,14 @@ def test_email_is_sent_through_ses(moto_aws: None, monkeypatch: pytest.MonkeyPat
     assert sent[0].destinations["CcAddresses"] == ["cat@example.com"]
 
 
-def test_ses_rejection_is_not_retryable(moto_aws: None) -> None:
+def test_ses_rejection_is_not_retryable(moto_aws: None, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ExecutionError) as caught:
         execute(5, "send_email", {"to": "ann@example.com", "subject": "s", "text": "t",
                                   "from": "unverified@example.com"}, 1)
     assert not caught.value.retryable
-    assert caught.value.message.startswith("SES SendEmail failed: MessageRejected:")
+    assert caught.value.message == "SES SendEmail failed: MessageRejected"  # not the identity's verification state
+    [record] = [r for r in caplog.records if r.getMessage() == "task execution failed"]
+    assert "not verified" in record.error_detail  # type: ignore[attr-defined]
 
 
 def test_sms_is_published_through_sns(moto_aws: None) -> None:
@@ -552,7 +595,8 @@ def test_unreachable_aws_endpoint_is_retryable(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ExecutionError) as caught:
         execute(1, "send_sms", {"phone_number": "+15551234567", "message": "hi"}, 1)
     assert caught.value.retryable
-    assert caught.value.message.startswith("SNS Publish failed: EndpointConnectionError")
+    assert caught.value.message == "SNS Publish failed: EndpointConnectionError"  # the endpoint URL is the log's
+    assert f"127.0.0.1:{port}" in (caught.value.detail or "")
 
 
 # --- the local outbox ------------------------------------------------------------------------------

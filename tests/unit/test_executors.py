@@ -11,12 +11,13 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from atcore import executors
-from atcore.executors import ExecutionError, aws, execute, http_callback, known_task_types, safety, sqs
+from atcore.executors import ExecutionError, aws, deadlines, execute, http_callback, known_task_types, safety, sqs
 from atcore.executors import email as email_executor
 from atcore.executors.payloads import parse_payload
 
@@ -27,7 +28,7 @@ LAYER = Path(__file__).resolve().parents[2] / "layers" / "common" / "python"
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AT_HTTP_ALLOW_PRIVATE", "AT_AWS_DELIVERY", "AT_EMAIL_FROM", "AT_SQS_DEFAULT_QUEUE_URL",
                  "AT_HTTP_TIMEOUT_SECONDS", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SES", "AWS_ENDPOINT_URL_SESV2",
-                 "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS"):
+                 "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_RUNTIME_API"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -67,8 +68,15 @@ def test_a_task_type_that_is_not_a_string_is_unknown() -> None:
 
 def test_execution_error_carries_message_and_retryable() -> None:
     error = ExecutionError("boom")
-    assert (error.message, error.retryable, str(error)) == ("boom", True, "boom")
+    assert (error.message, error.retryable, str(error), error.detail) == ("boom", True, "boom", None)
     assert ExecutionError("no", retryable=False).retryable is False
+
+
+def test_execution_error_detail_is_for_the_log_only() -> None:
+    error = ExecutionError("callback returned HTTP 500", detail="response body: at db.internal:5432")
+    assert error.detail == "response body: at db.internal:5432"
+    for shown in (str(error), repr(error), *map(str, error.args)):
+        assert "db.internal" not in shown
 
 
 def test_importing_the_package_does_not_import_boto3() -> None:
@@ -80,6 +88,52 @@ def test_importing_the_package_does_not_import_boto3() -> None:
 def test_a_payload_that_is_not_an_object_is_rejected(task_type: str) -> None:
     error = failure(task_type, ["not", "an", "object"])
     assert (error.message, error.retryable) == ("payload: must be a JSON object", False)
+
+
+# --- deadlines -------------------------------------------------------------------------------------
+
+def test_the_attempt_deadline_is_the_sooner_of_the_callers_and_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AT_HTTP_TIMEOUT_SECONDS", "10")
+    now = time.monotonic()
+    assert now + 9.9 < deadlines.attempt_deadline(None) < now + 11
+    assert deadlines.attempt_deadline(now + 3) == now + 3
+    assert now + 9.9 < deadlines.attempt_deadline(now + 60) < now + 11
+    with pytest.raises(ValueError):
+        deadlines.attempt_deadline(float("nan"))
+
+
+def test_remaining_time_is_never_zero() -> None:
+    assert 0 < deadlines.remaining(time.monotonic() + 5) <= 5
+    with pytest.raises(TimeoutError):
+        deadlines.remaining(time.monotonic())
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(10.0, "10"), (9.99996, "10"), (0.29999, "0.3"), (2.5, "2.5"),
+                                               (123.4, "123"), (-1.0, "0")])
+def test_seconds_text(seconds: float, text: str) -> None:
+    assert deadlines.seconds_text(seconds) == text
+
+
+@pytest.mark.parametrize("seconds_left", [60.0, 22.0, 10.0, 6.0, 4.0, 2.0, 1.0])
+def test_aws_timeouts_fit_in_what_is_left(seconds_left: float) -> None:
+    timeout, attempts = aws.timeout_profile(seconds_left)
+    assert aws.worst_case_seconds(timeout, attempts) <= seconds_left
+    assert (timeout, attempts) == aws.timeout_profile(seconds_left + 0.001)  # few profiles, so few clients
+
+
+def test_an_aws_client_without_a_deadline_has_the_most_generous_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[str, float, int]] = []
+    monkeypatch.setattr(aws, "_new_client", lambda service, timeout, attempts: made.append((service, timeout, attempts)))
+    aws.reset_clients()
+    aws.client("sqs")  # e.g. the dispatcher's task queue: no attempt deadline
+    aws.client("sqs", time.monotonic() + 3)
+    aws.reset_clients()
+    assert made == [("sqs", 5.0, 2), ("sqs", 1.0, 1)]
+
+
+def test_aws_timeouts_when_almost_nothing_is_left_are_the_smallest() -> None:
+    assert aws.timeout_profile(0.2) == aws.timeout_profile(-5) == (0.5, 1)
+    assert aws.timeout_profile(100) == (5.0, 2)  # never beyond the old fixed timeouts
 
 
 # --- malformed payloads: non-retryable, the message names the field -----------------------------
@@ -250,11 +304,13 @@ def test_non_2xx_classification(status: int, retryable: bool) -> None:
     assert caught.value.message.startswith(f"callback returned HTTP {status}")
 
 
-def test_error_message_keeps_only_the_start_of_the_body() -> None:
+def test_the_response_body_is_not_in_the_message_and_only_its_start_in_the_detail() -> None:
     with pytest.raises(ExecutionError) as caught:
-        http_callback.check_status(503, b"overloaded\n" + b"x" * 5000)
-    assert caught.value.message.startswith("callback returned HTTP 503: overloaded x")
-    assert len(caught.value.message) < 240
+        http_callback.check_status(503, b"overloaded at db.internal:5432\n" + b"x" * 5000)
+    assert caught.value.message == "callback returned HTTP 503"
+    assert caught.value.detail is not None
+    assert caught.value.detail.startswith("response body: overloaded at db.internal:5432 x")
+    assert len(caught.value.detail) < 240
     with pytest.raises(ExecutionError, match=r"HTTP 302 \(redirects are not followed\)$"):
         http_callback.check_status(302, b"")
 
@@ -273,6 +329,12 @@ def test_transport_error_classification(exc: Exception, message: str, retryable:
     error = http_callback.transport_error(exc, 10.0)  # type: ignore[arg-type]
     assert error.message.startswith(message)
     assert error.retryable is retryable
+
+
+def test_a_connection_error_keeps_only_its_errno_and_text() -> None:
+    error = http_callback.transport_error(OSError(13, "Permission denied", "/var/task/secret.pem"), 10.0)
+    assert error.message == "callback connection failed: [Errno 13] Permission denied"
+    assert error.detail is not None and "/var/task/secret.pem" in error.detail
 
 
 # --- destination safety ----------------------------------------------------------------------------
@@ -304,8 +366,8 @@ def test_every_resolved_address_is_checked(monkeypatch: pytest.MonkeyPatch) -> N
     stub_resolver(monkeypatch, {"mixed.example": ["8.8.8.8", "10.1.2.3"], "public.example": ["8.8.8.8", "1.1.1.1"]})
     with pytest.raises(ExecutionError) as caught:
         safety.vetted_addresses("mixed.example", 443)
-    assert caught.value.message == ("callback destination refused: mixed.example resolves to 10.1.2.3, "
-                                    "not a public address (private)")
+    assert caught.value.message == "callback destination refused: mixed.example resolves to a non-public address (private)"
+    assert caught.value.detail is not None and "10.1.2.3" in caught.value.detail  # the log line's, not the owner's
     assert not caught.value.retryable
     assert safety.vetted_addresses("public.example", 443) == ["8.8.8.8", "1.1.1.1"]
 
@@ -314,6 +376,62 @@ def test_private_destinations_can_be_allowed_for_local_runs(monkeypatch: pytest.
     stub_resolver(monkeypatch, {"sink.local": ["127.0.0.1"]})
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "true")
     assert safety.vetted_addresses("sink.local", 80) == ["127.0.0.1"]
+
+
+# What AT_HTTP_ALLOW_PRIVATE=1 can never open: the metadata service and link-local, in any spelling.
+ALWAYS_REFUSED = ["169.254.169.254", "169.254.1.1", "169.254.170.2", "fe80::1", "fe80::a9fe:a9fe", "fd00:ec2::254",
+                  "::ffff:169.254.169.254", "::ffff:169.254.1.1", "::169.254.169.254", "2002:a9fe:a9fe::",
+                  "64:ff9b::a9fe:a9fe", "2001:0:4136:e378:8000:63bf:5601:5601"]  # Teredo, client 169.254.169.254
+# ... and on Lambda, where the runtime API and extensions listen on loopback, the local host either.
+REFUSED_ON_LAMBDA = ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1", "0.0.0.0", "::", "2002:7f00:1::"]
+ALLOWED_PRIVATE = ["10.0.0.1", "172.16.5.4", "192.168.1.1", "fc00::1", "100.64.0.1", "::ffff:10.1.2.3", "8.8.8.8"]
+
+
+LAMBDA_VARIABLES = {"AWS_LAMBDA_FUNCTION_NAME": "at-worker", "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001"}
+WHERE = pytest.mark.parametrize("where", [None, *LAMBDA_VARIABLES], ids=["local", *LAMBDA_VARIABLES])
+
+
+def allow_private(monkeypatch: pytest.MonkeyPatch, where: str | None) -> None:
+    """AT_HTTP_ALLOW_PRIVATE=1, locally (`where` None) or on Lambda (`where` names the variable it sets)."""
+    monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
+    if where is not None:
+        monkeypatch.setenv(where, LAMBDA_VARIABLES[where])
+
+
+def refusal(host: str) -> str:
+    with pytest.raises(ExecutionError) as caught:
+        safety.vetted_addresses(host, 80)
+    assert not caught.value.retryable
+    assert caught.value.message.startswith("callback destination refused:")
+    return caught.value.message
+
+
+@WHERE
+@pytest.mark.parametrize("address", ALWAYS_REFUSED)
+def test_allowing_private_destinations_never_allows_metadata_or_link_local(
+        monkeypatch: pytest.MonkeyPatch, address: str, where: str | None) -> None:
+    allow_private(monkeypatch, where)
+    stub_resolver(monkeypatch, {"sneaky.example": ["10.0.0.1", address]})
+    for host in (address, "sneaky.example"):
+        assert refusal(host).endswith(("(cloud metadata service)", "(link-local)")), refusal(host)
+
+
+@pytest.mark.parametrize("where", list(LAMBDA_VARIABLES))
+@pytest.mark.parametrize("address", REFUSED_ON_LAMBDA)
+def test_on_lambda_allowing_private_destinations_never_allows_loopback(
+        monkeypatch: pytest.MonkeyPatch, address: str, where: str) -> None:
+    allow_private(monkeypatch, None)
+    assert safety.vetted_addresses(address, 80) == [str(ipaddress.ip_address(address))]  # the local run: allowed
+    allow_private(monkeypatch, where)
+    assert refusal(address).endswith(("(loopback)", "(unspecified)")), refusal(address)
+
+
+@WHERE
+@pytest.mark.parametrize("address", ALLOWED_PRIVATE)
+def test_allowing_private_destinations_allows_private_ranges_and_cgnat(
+        monkeypatch: pytest.MonkeyPatch, address: str, where: str | None) -> None:
+    allow_private(monkeypatch, where)
+    assert safety.vetted_addresses(address, 80) == [address]
 
 
 def test_unresolvable_host_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -372,7 +490,66 @@ def client_error(code: str, status: int) -> Exception:
 def test_aws_client_error_classification(code: str, status: int, retryable: bool) -> None:
     error = aws.classify_error(client_error(code, status), "SES SendEmail")
     assert error.retryable is retryable
-    assert error.message == f"SES SendEmail failed: {code}: {code} happened"
+    assert error.message.startswith(f"SES SendEmail failed: {code}")
+    assert "happened" not in error.message  # AWS's message is the log line's
+    assert error.detail == f"HTTP {status}: {code} happened"
+
+
+ROLE_DENIED = ("User: arn:aws:sts::123456789012:assumed-role/at-worker-role/at-worker is not authorized to "
+               "perform: {action} on resource: arn:aws:ses:us-east-1:123456789012:identity/example.com")
+
+
+@pytest.mark.parametrize(("task_type", "payload", "method", "code", "expected"), [
+    ("send_email", {"to": "a@example.com", "subject": "s", "text": "t", "from": "at@example.com"}, "send_email",
+     "AccessDenied", "SES SendEmail failed: AccessDenied: the worker is not allowed to send from this address"),
+    ("send_email", {"to": "a@example.com", "subject": "s", "text": "t", "from": "at@example.com"}, "send_email",
+     "MessageRejected", "SES SendEmail failed: MessageRejected"),
+    ("send_sms", {"phone_number": "+15551234567", "message": "hi"}, "publish", "AuthorizationError",
+     "SNS Publish failed: AuthorizationError: the worker is not allowed to send SMS"),
+    ("sqs_message", {"queue_url": "https://sqs.us-east-1.amazonaws.com/1/q", "body": "x"}, "send_message",
+     "AccessDenied", "SQS SendMessage failed: AccessDenied: the worker is not allowed to send to this queue"),
+    ("sqs_message", {"queue_url": "https://sqs.us-east-1.amazonaws.com/1/q", "body": "x"}, "send_message",
+     "AWS.SimpleQueueService.NonExistentQueue", "SQS SendMessage failed: AWS.SimpleQueueService.NonExistentQueue: "
+                                                "the queue does not exist"),
+])
+def test_aws_failures_tell_the_owner_what_failed_and_log_the_rest(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, task_type: str, payload: dict,
+        method: str, code: str, expected: str) -> None:
+    from botocore.exceptions import ClientError
+
+    aws_message = ROLE_DENIED.format(action=method) if "Denied" in code or "Authorization" in code else (
+        "Email address is not verified. The following identities failed the check in region US-EAST-1: "
+        "at@example.com (account 123456789012)")
+
+    class Client:
+        def __getattr__(self, name: str) -> object:
+            def call(**request: object) -> object:
+                raise ClientError({"Error": {"Code": code, "Message": aws_message},  # type: ignore[typeddict-item]
+                                   "ResponseMetadata": {"HTTPStatusCode": 400}}, name)
+            return call
+
+    monkeypatch.setenv("AT_AWS_DELIVERY", "1")
+    monkeypatch.setattr(aws, "client", lambda service, *deadline: Client())
+    error = failure(task_type, payload)
+    assert error.message == expected
+    assert not error.retryable
+    for internal in ("123456789012", "arn:aws", "not verified", "identities"):
+        assert internal not in error.message
+    [record] = [r for r in caplog.records if r.getMessage() == "task execution failed"]
+    assert record.error_detail == f"HTTP 400: {aws_message}"  # type: ignore[attr-defined]
+
+
+def test_aws_errors_other_than_client_errors_keep_their_text_for_the_log() -> None:
+    from botocore.exceptions import EndpointConnectionError, ParamValidationError
+
+    error = aws.classify_error(EndpointConnectionError(endpoint_url="https://vpce-0abc.sns.us-east-1.vpce.amazonaws.com/"),
+                               "SNS Publish")
+    assert error.message == "SNS Publish failed: EndpointConnectionError"
+    assert error.detail is not None and "vpce-0abc" in error.detail
+    report = "Invalid length for parameter Message, value: my-private-text, valid min length: 1"
+    error = aws.classify_error(ParamValidationError(report=report), "SNS Publish")
+    assert error.message == "SNS Publish rejected the request: invalid parameter Message"
+    assert "my-private-text" not in f"{error.message} {error.detail}"  # payload content is logged nowhere
 
 
 def test_aws_transport_and_parameter_errors() -> None:
@@ -396,4 +573,5 @@ def test_sdk_call_wraps_unexpected_exceptions() -> None:
     with pytest.raises(ExecutionError) as caught, aws.sdk_call("SQS SendMessage"):
         raise ValueError("odd")
     assert caught.value.retryable
-    assert caught.value.message == "SQS SendMessage failed: ValueError: odd"
+    assert caught.value.message == "SQS SendMessage failed: ValueError"
+    assert caught.value.detail == "odd"

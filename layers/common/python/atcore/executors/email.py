@@ -75,7 +75,7 @@ class EmailPayload(BaseModel):
         return self
 
 
-def run(task_id: int, payload: object, attempt: int) -> dict[str, object]:
+def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict[str, object]:
     email = parse_payload(EmailPayload, payload)
     sender = email.sender or env_str("AT_EMAIL_FROM")
     if sender is None:
@@ -83,8 +83,8 @@ def run(task_id: int, payload: object, attempt: int) -> dict[str, object]:
     if not aws.delivery_enabled("sesv2"):
         outbox.deliver("email", task_id, attempt, outbox_message(email, sender))
         return {"delivery": "outbox"}
-    with aws.sdk_call("SES SendEmail"):
-        response = aws.client("sesv2").send_email(**ses_request(email, sender))
+    with aws.sdk_call("SES SendEmail", denied="the worker is not allowed to send from this address"):
+        response = aws.client("sesv2", deadline).send_email(**ses_request(email, sender))
     return {"delivery": "ses", "message_id": response.get("MessageId")}
 
 

@@ -11,6 +11,7 @@ import json
 import re
 import ssl
 import string
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -18,9 +19,9 @@ from urllib.parse import quote, urlsplit
 from pydantic import BaseModel, Field, field_validator
 
 from . import http_transport, safety
+from .deadlines import seconds_text
 from .errors import ExecutionError, truncate
 from .payloads import PAYLOAD_CONFIG, has_control_characters, parse_payload
-from .settings import http_timeout_seconds
 
 USER_AGENT = "AT-scheduler/1"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -51,8 +52,8 @@ class CallbackUrl:
 class CallbackStatusError(ExecutionError):
     """The callback answered with a non-2xx status (kept for the log line)."""
 
-    def __init__(self, message: str, *, retryable: bool, http_status: int) -> None:
-        super().__init__(message, retryable=retryable)
+    def __init__(self, message: str, *, retryable: bool, http_status: int, detail: str | None = None) -> None:
+        super().__init__(message, retryable=retryable, detail=detail)
         self.http_status = http_status
 
 
@@ -133,18 +134,19 @@ def check_header(name: str, value: str) -> None:
         raise ValueError(f"header {name!r} has an invalid value (ASCII only, no control characters, at most 8 KiB)")
 
 
-def run(task_id: int, payload: object, attempt: int) -> dict[str, object]:
+def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict[str, object]:
+    """One attempt, over by `deadline` (time.monotonic()): DNS, connect, TLS, request and answer together."""
+    budget = deadline - time.monotonic()
     callback = parse_payload(HttpCallbackPayload, payload)
     url = parse_callback_url(callback.url)
-    timeout = http_timeout_seconds()
-    destination = http_transport.Destination(
-        url.scheme, url.host, url.port, tuple(safety.vetted_addresses(url.host, url.port)))
     body = callback.body()
     headers = request_headers(task_id, attempt, callback.headers, has_body=body is not None)
     try:
-        reply = http_transport.send(destination, callback.method, url.target, headers, body, timeout)
+        addresses = safety.vetted_addresses(url.host, url.port, deadline)
+        destination = http_transport.Destination(url.scheme, url.host, url.port, tuple(addresses))
+        reply = http_transport.send(destination, callback.method, url.target, headers, body, deadline)
     except (OSError, http.client.HTTPException) as exc:
-        raise transport_error(exc, timeout) from None
+        raise transport_error(exc, budget) from None
     check_status(reply.status, reply.body_head)
     return {"http_status": reply.status, "http_host": url.host}
 
@@ -164,27 +166,41 @@ def request_headers(task_id: int, attempt: int, custom: dict[str, str], *, has_b
 
 
 def check_status(status: int, body_head: bytes) -> None:
+    """Any 2xx passes. Otherwise the stored message is the status; the start of the body (which may be
+    a stack trace or an internal page of the receiver) goes to the log line only."""
     if 200 <= status < 300:
         return
     message = f"callback returned HTTP {status}"
     if 300 <= status < 400:
         message += " (redirects are not followed)"
     snippet = truncate(body_head[: ERROR_BODY_CHARS * 4].decode("utf-8", "replace"), ERROR_BODY_CHARS)
-    if snippet:
-        message += f": {snippet}"
     retryable = status >= 500 or status in (408, 429)
-    raise CallbackStatusError(message, retryable=retryable, http_status=status)
+    raise CallbackStatusError(message, retryable=retryable, http_status=status,
+                              detail=f"response body: {snippet}" if snippet else None)
 
 
-def transport_error(exc: OSError | http.client.HTTPException, timeout: float) -> ExecutionError:
-    if isinstance(exc, TimeoutError):
-        return ExecutionError(f"callback timed out after {timeout:g}s")
+def transport_error(exc: OSError | http.client.HTTPException, budget: float) -> ExecutionError:
+    """What a failed exchange means; `budget` is the attempt's time in seconds (for "timed out after")."""
+    detail = truncate(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, TimeoutError):  # in whichever phase: resolving, connecting, TLS, sending, reading
+        return ExecutionError(f"callback timed out after {seconds_text(budget)}s", detail=detail)
     if isinstance(exc, ssl.SSLCertVerificationError):
         # A wrong or expired certificate is a configuration problem at the receiver: retries won't fix it.
-        reason = getattr(exc, "verify_message", None) or str(exc)
-        return ExecutionError(f"callback TLS certificate verification failed: {truncate(reason)}", retryable=False)
+        reason = getattr(exc, "verify_message", None) or "certificate verify failed"
+        return ExecutionError(f"callback TLS certificate verification failed: {truncate(reason)}", retryable=False,
+                              detail=detail)
     if isinstance(exc, ssl.SSLError):
-        return ExecutionError(f"callback TLS error: {truncate(getattr(exc, 'reason', None) or str(exc))}")
+        return ExecutionError(f"callback TLS error: {truncate(getattr(exc, 'reason', None) or 'handshake failed')}",
+                              detail=detail)
     if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
-        return ExecutionError(f"callback sent an invalid HTTP response: {type(exc).__name__}")
-    return ExecutionError(f"callback connection failed: {truncate(str(exc) or type(exc).__name__)}")
+        return ExecutionError(f"callback sent an invalid HTTP response: {type(exc).__name__}", detail=detail)
+    return ExecutionError(f"callback connection failed: {_connection_failure(exc)}", detail=detail)
+
+
+def _connection_failure(exc: OSError) -> str:
+    """The error without what else an OSError may carry (file names, addresses)."""
+    if exc.errno is not None and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    if isinstance(exc, http.client.HTTPException):  # RemoteDisconnected: http.client's own fixed text
+        return truncate(str(exc))
+    return type(exc).__name__

@@ -34,5 +34,10 @@ def private_destinations_allowed() -> bool:
     return env_flag("AT_HTTP_ALLOW_PRIVATE")
 
 
+def running_on_lambda() -> bool:
+    """Lambda sets both in every execution environment (the runtime API listens on 127.0.0.1:9001)."""
+    return env_str("AWS_LAMBDA_FUNCTION_NAME") is not None or env_str("AWS_LAMBDA_RUNTIME_API") is not None
+
+
 def outbox_dir() -> str:
     return env_str("AT_OUTBOX_DIR") or os.path.join(".local", "outbox")

@@ -38,13 +38,13 @@ class SmsPayload(BaseModel):
         return sender_id
 
 
-def run(task_id: int, payload: object, attempt: int) -> dict[str, object]:
+def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict[str, object]:
     sms = parse_payload(SmsPayload, payload)
     if not aws.delivery_enabled("sns"):
         outbox.deliver("sms", task_id, attempt, sms.model_dump())
         return {"delivery": "outbox"}
-    with aws.sdk_call("SNS Publish"):
-        response = aws.client("sns").publish(**sns_request(sms))
+    with aws.sdk_call("SNS Publish", denied="the worker is not allowed to send SMS"):
+        response = aws.client("sns", deadline).publish(**sns_request(sms))
     return {"delivery": "sns", "message_id": response.get("MessageId")}
 
 

@@ -79,14 +79,14 @@ def is_fifo(queue_url: str) -> bool:
     return queue_url.rstrip("/").endswith(".fifo")
 
 
-def run(task_id: int, payload: object, attempt: int) -> dict[str, object]:
+def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict[str, object]:
     message = parse_payload(SqsPayload, payload)
     request = sqs_request(message, task_id)
     if not aws.delivery_enabled("sqs"):
         outbox.deliver("sqs", task_id, attempt, outbox_message(request))
         return {"delivery": "outbox"}
-    with aws.sdk_call("SQS SendMessage"):
-        response = aws.client("sqs").send_message(**request)
+    with aws.sdk_call("SQS SendMessage", denied="the worker is not allowed to send to this queue"):
+        response = aws.client("sqs", deadline).send_message(**request)
     return {"delivery": "sqs", "message_id": response.get("MessageId")}
 
 
