@@ -211,6 +211,19 @@ def test_email_without_any_sender_fails_without_retry() -> None:
     assert error.message.startswith("payload.from: is required")
 
 
+def test_email_from_a_sender_the_deployment_does_not_allow_fails_without_retry(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("AT_EMAIL_ALLOWED_FROM", "at@example.com,News <news@example.com>,")
+    monkeypatch.setenv("AT_OUTBOX_DIR", str(tmp_path))
+    email = {"to": "a@example.com", "subject": "s", "text": "t"}
+    error = failure("send_email", email | {"from": "ceo@example.com"})
+    assert not error.retryable
+    assert error.message == "payload.from: is not one of this deployment's allowed senders (EmailFrom, AllowedEmailSenders)"
+    # Display names and case do not matter: SES compares the bare address too.
+    monkeypatch.setenv("AT_EMAIL_ALLOWED_FROM", "at@example.com,news@example.com")
+    for sender in ("AT <At@Example.com>", "news@example.com"):
+        execute(1, "send_email", email | {"from": sender}, 1)
+
+
 def test_many_validation_errors_are_summarised() -> None:
     error = failure("send_sms", {"phone_number": 1, "message": 2, "sender_id": 3, "extra": 4})
     assert error.message.count("payload.") == 3

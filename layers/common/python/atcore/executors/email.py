@@ -23,8 +23,7 @@ _NAMED_ADDRESS = re.compile(r"[^<>]*<([^<>]+)>")  # "Display Name <user@example.
 
 
 def check_address(value: str) -> str:
-    named = _NAMED_ADDRESS.fullmatch(value)
-    address = named.group(1) if named else value
+    address = bare_address(value)
     if len(value) > MAX_ADDRESS_CHARS or has_control_characters(value) or not _BARE_ADDRESS.fullmatch(address):
         raise ValueError("must be an email address")
     return value
@@ -80,12 +79,28 @@ def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict
     sender = email.sender or env_str("AT_EMAIL_FROM")
     if sender is None:
         raise payload_error("from", "is required (no default sender: AT_EMAIL_FROM is not set)")
+    check_sender_allowed(sender)
     if not aws.delivery_enabled("sesv2"):
         outbox.deliver("email", task_id, attempt, outbox_message(email, sender))
         return {"delivery": "outbox"}
     with aws.sdk_call("SES SendEmail", denied="the worker is not allowed to send from this address"):
         response = aws.client("sesv2", deadline).send_email(**ses_request(email, sender))
     return {"delivery": "ses", "message_id": response.get("MessageId")}
+
+
+def check_sender_allowed(sender: str) -> None:
+    """On AWS the worker may send only from the stack's senders (its IAM policy says so too): refuse
+    others here, with a message the task's owner can act on, instead of an AccessDenied from SES."""
+    allowed = {address.strip().lower() for address in (env_str("AT_EMAIL_ALLOWED_FROM") or "").split(",")}
+    allowed.discard("")
+    if allowed and bare_address(sender).lower() not in allowed:
+        raise payload_error("from", "is not one of this deployment's allowed senders (EmailFrom, AllowedEmailSenders)")
+
+
+def bare_address(value: str) -> str:
+    """"Ann <ann@example.com>" -> "ann@example.com" (what SES's ses:FromAddress condition compares)."""
+    named = _NAMED_ADDRESS.fullmatch(value)
+    return named.group(1) if named else value
 
 
 def ses_request(email: EmailPayload, sender: str) -> dict[str, Any]:
