@@ -58,6 +58,16 @@ class Database:
         return env
 
 
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """Every test reads the settings its environment says (they are cached per process otherwise)."""
+    from atcore import env
+
+    env.reset()
+    yield
+    env.reset()
+
+
 @pytest.fixture(scope="session")
 def database_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     if os.environ.get("DB_HOST"):

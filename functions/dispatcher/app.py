@@ -5,7 +5,6 @@ keeps the dispatcher loop running (it sleeps until the next due time, woken earl
 near-due tasks), and the next invocation takes over as this one ends.
 """
 
-import os
 import time
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -26,14 +25,14 @@ _SAFETY_MARGIN_MS = 5_000
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     started = time.monotonic()
-    run_seconds = float(os.environ.get("AT_DISPATCH_RUN_SECONDS", "60"))
+    settings = execution.execution_settings()
     with db.connection() as conn:
         age = execution.oldest_due_age_seconds(conn)
     metrics.add_metric(name="OldestDueTaskAgeSeconds", unit=MetricUnit.Seconds, value=age)
 
     def keep_running() -> bool:
-        return time.monotonic() - started < run_seconds and context.get_remaining_time_in_millis() > _SAFETY_MARGIN_MS
+        return (time.monotonic() - started < settings.dispatch_run_seconds
+                and context.get_remaining_time_in_millis() > _SAFETY_MARGIN_MS)
 
-    settings = execution.execution_settings()
     Dispatcher(TaskQueueOutlet(settings), settings).run(keep_running)
     return {"ran_seconds": round(time.monotonic() - started, 1)}

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from atcore import config, db, execution, service
+from atcore import config, db, env, execution, service
 from atcore.executors import aws, http_transport
 from atcore.models import CreateTaskRequest
 from atcore.task_queue import TaskQueueOutlet
@@ -63,9 +63,9 @@ def environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[None]:
     monkeypatch.setenv("AT_RETRY_BASE_SECONDS", "0.2")
     monkeypatch.setenv("AT_RETRY_MAX_SECONDS", "1")
     monkeypatch.setenv("AT_OUTBOX_DIR", str(tmp_path / "outbox"))
-    execution.execution_settings.cache_clear()
+    env.reset()
     yield
-    execution.execution_settings.cache_clear()
+    env.reset()
     http_transport.close_idle_connections()
 
 
@@ -456,7 +456,7 @@ def test_dispatcher_keeps_at_most_two_batches_per_worker_in_the_queue(sql, queue
     # GIVEN one worker of batch 5 (so room for 10 in the queue) and 30 due tasks, and no worker running
     monkeypatch.setenv("AT_WORKER_MAX_CONCURRENCY", "1")
     monkeypatch.setenv("AT_WORKER_BATCH_SIZE", "5")
-    execution.execution_settings.cache_clear()
+    env.reset()
     ids = [insert_task(sql, in_seconds=-30 + n, max_attempts=1) for n in range(30)]
     # WHEN the dispatcher runs for a while
     run_dispatcher(dispatcher)
@@ -472,7 +472,7 @@ def test_dispatcher_keeps_at_most_two_batches_per_worker_in_the_queue(sql, queue
 def test_a_hand_off_that_expired_is_sent_again_and_the_attempt_still_runs_once(sql, queue, worker,
                                                                               monkeypatch) -> None:
     monkeypatch.setenv("AT_HANDOFF_SECONDS", "0.3")
-    execution.execution_settings.cache_clear()
+    env.reset()
     with HttpSink() as sink:
         task_id = insert_task(sql, in_seconds=-1, payload=callback(sink.url), max_attempts=1)
         # GIVEN a message that did not start its task in time (a slow queue, a lost worker)

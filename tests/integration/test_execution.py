@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from atcore import db, execution, service
+from atcore import db, env, execution, service
 from atcore.dispatcher import Dispatcher
 from atcore.models import CreateTaskRequest
 from devtools.engine import LocalEngine
@@ -24,9 +24,9 @@ def fast_execution(monkeypatch, tmp_path):
     monkeypatch.setenv("AT_RETRY_MAX_SECONDS", "0.2")
     monkeypatch.setenv("AT_OUTBOX_DIR", str(tmp_path / "outbox"))
     monkeypatch.delenv("AT_AWS_DELIVERY", raising=False)
-    execution.execution_settings.cache_clear()
+    env.reset()
     yield
-    execution.execution_settings.cache_clear()
+    env.reset()
 
 
 @pytest.fixture
@@ -277,7 +277,7 @@ def test_engine_process_killed_mid_batch_every_task_ends_once_after_its_lease(sq
 def test_local_engine_with_a_backlog_longer_than_the_lease_fails_nothing(sql, monkeypatch):
     # GIVEN 2 workers, 1 s leases, and 20 one-attempt tasks whose callbacks take 0.3 s (3 s of work)
     monkeypatch.setenv("AT_LEASE_SECONDS", "1")
-    execution.execution_settings.cache_clear()
+    env.reset()
 
     def slow(_task, _attempt):
         time.sleep(0.3)

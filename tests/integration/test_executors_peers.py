@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from atcore import env
 from atcore.executors import ExecutionError, aws, execute, http_transport, safety
 
 SENDER = "at@example.com"
@@ -398,6 +399,7 @@ def test_on_lambda_loopback_stays_refused_when_private_destinations_are_allowed(
         assert error.message.endswith("(loopback)")
     assert unprotected_sink.connections_opened == 0
     monkeypatch.delenv(variable)
+    env.reset()  # settings are read once per process, as on Lambda
     callback(unprotected_sink.url())  # the local run: allowed
     assert unprotected_sink.connections_opened == 1
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from atcore import config
 from atcore.config import DatabaseSettings, database_settings
 from atcore.db import _ssl_context
+from atcore.env import ConfigurationError
 from atcore.errors import DatabaseUnavailable
 
 SECRET_PASSWORD = "s3cr3t-Pa55word-from-secrets-manager"
@@ -104,12 +105,11 @@ def test_db_port_is_parsed(env, port, expected):
         ("DB_STATEMENT_TIMEOUT_MS", "-1"),
     ],
 )
-def test_bad_values_raise_a_validation_error_naming_the_field(env, variable, value):
+def test_bad_values_raise_a_configuration_error_naming_the_variable(env, variable, value):
     env.setenv(variable, value)
-    with pytest.raises(ValidationError) as raised:
+    with pytest.raises(ConfigurationError) as raised:
         database_settings()
-    field = variable.removeprefix("DB_").lower()
-    assert {error["loc"][0] for error in raised.value.errors()} == {field}
+    assert f"{variable}={value!r}" in str(raised.value)
 
 
 def test_settings_are_read_once_until_the_cache_is_cleared(env):

@@ -372,13 +372,14 @@ REQUIRED = {name: dict(EVERY_FUNCTION) for name in FUNCTIONS}
 REQUIRED["DispatcherFunction"] |= {"TASK_QUEUE_URL": False, "AT_WORKER_MAX_CONCURRENCY": False,
                                    "AT_WORKER_BATCH_SIZE": False, "AT_RETENTION_DAYS": False}  # fmt: skip
 REQUIRED["WorkerFunction"] |= {"AT_AWS_DELIVERY": False, "AT_HTTP_TIMEOUT_SECONDS": False, "AT_EMAIL_FROM": True,
-                               "AT_SQS_DEFAULT_QUEUE_URL": True, "AT_HTTP_ALLOW_PRIVATE": False}  # fmt: skip
+                               "AT_SQS_DEFAULT_QUEUE_URL": True, "AT_HTTP_ALLOW_PRIVATE": False,
+                               "AT_EMAIL_ALLOWED_FROM": True}  # fmt: skip
 # Read with a default in the code: the template may leave them unset.
 OPTIONAL = {"DB_CONNECT_TIMEOUT", "DB_STATEMENT_TIMEOUT_MS", "DB_USER", "AT_DISPATCH_RUN_SECONDS", "AT_LEASE_SECONDS",
             "AT_CLAIM_BATCH_SIZE", "AT_RETRY_BASE_SECONDS", "AT_RETRY_MAX_SECONDS", "AT_HANDOFF_SECONDS",
             "AT_WORKER_MAX_CONCURRENCY", "AT_WORKER_BATCH_SIZE", "AT_OUTBOX_DIR", "AT_AWS_DELIVERY",
             "AT_HTTP_TIMEOUT_SECONDS", "AT_HTTP_ALLOW_PRIVATE", "AT_EMAIL_FROM", "AT_SQS_DEFAULT_QUEUE_URL",
-            "AT_RETENTION_DAYS"}  # fmt: skip
+            "AT_RETENTION_DAYS", "AT_EMAIL_ALLOWED_FROM"}  # fmt: skip
 # Read by code a function can import but never runs (static reachability over-counts).
 READ_BY_CODE_NOT_RUN = {
     # atcore.task_queue.TaskQueueOutlet, which only the dispatcher builds; the worker imports the
@@ -387,9 +388,8 @@ READ_BY_CODE_NOT_RUN = {
 }
 # Never set on AWS: the password comes from the secret.
 FORBIDDEN = {"DB_PASSWORD"}
-# Set by the template but read by no code on this branch: the worker's IAM policy enforces the
-# allowed senders (ses:FromAddress); the executor's own check of them is other work in progress.
-SET_AHEAD_OF_CODE = {"WorkerFunction": {"AT_EMAIL_ALLOWED_FROM"}}
+# Set by the template but read by no code yet.
+SET_AHEAD_OF_CODE: dict[str, set[str]] = {}
 
 ALWAYS_MANAGED = {"arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
                   "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"}  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from atcore import executors
+from atcore import env, executors
 from atcore.executors import ExecutionError, aws, deadlines, execute, http_callback, known_task_types, safety, sqs
 from atcore.executors import email as email_executor
 from atcore.executors.payloads import parse_payload
@@ -220,6 +220,7 @@ def test_email_from_a_sender_the_deployment_does_not_allow_fails_without_retry(m
     assert error.message == "payload.from: is not one of this deployment's allowed senders (EmailFrom, AllowedEmailSenders)"
     # Display names and case do not matter: SES compares the bare address too.
     monkeypatch.setenv("AT_EMAIL_ALLOWED_FROM", "at@example.com,news@example.com")
+    env.reset()
     for sender in ("AT <At@Example.com>", "news@example.com"):
         execute(1, "send_email", email | {"from": sender}, 1)
 
@@ -409,6 +410,7 @@ def allow_private(monkeypatch: pytest.MonkeyPatch, where: str | None) -> None:
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
     if where is not None:
         monkeypatch.setenv(where, LAMBDA_VARIABLES[where])
+    env.reset()  # settings are read once per process, as on Lambda
 
 
 def refusal(host: str) -> str:
@@ -475,13 +477,17 @@ def test_refused_destinations_are_not_retryable(monkeypatch: pytest.MonkeyPatch,
 # --- AWS -------------------------------------------------------------------------------------------
 
 def test_aws_delivery_is_off_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    def set_env(name: str, value: str) -> None:
+        monkeypatch.setenv(name, value)
+        env.reset()  # settings are read once per process, as on Lambda
+
     assert not aws.delivery_enabled("sesv2")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", "http://127.0.0.1:4566")
+    set_env("AWS_ENDPOINT_URL_SNS", "http://127.0.0.1:4566")
     assert aws.delivery_enabled("sns") and not aws.delivery_enabled("sqs")
     assert aws.endpoint_url("sns") == "http://127.0.0.1:4566"
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SES", "http://127.0.0.1:4567")
+    set_env("AWS_ENDPOINT_URL_SES", "http://127.0.0.1:4567")
     assert aws.endpoint_url("sesv2") == "http://127.0.0.1:4567"
-    monkeypatch.setenv("AT_AWS_DELIVERY", "1")
+    set_env("AT_AWS_DELIVERY", "1")
     assert aws.delivery_enabled("sqs")
 
 

@@ -7,50 +7,29 @@ from a Secrets Manager secret (DB_SECRET_ARN) in the RDS format
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from atcore.env import cached, from_environment
+
 
 class DatabaseSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=5432, ge=1, le=65535)
-    user: str = "postgres"
-    password: str | None = Field(default=None, repr=False)
-    name: str = "at_scheduler"
-    sslmode: Literal["disable", "require", "verify-full"] = "disable"
-    sslrootcert: str | None = None
-    secret_arn: str | None = None
+    host: str = Field(default="127.0.0.1", alias="DB_HOST")
+    port: int = Field(default=5432, ge=1, le=65535, alias="DB_PORT")
+    user: str = Field(default="postgres", alias="DB_USER")
+    password: str | None = Field(default=None, repr=False, alias="DB_PASSWORD")
+    name: str = Field(default="at_scheduler", alias="DB_NAME")
+    sslmode: Literal["disable", "require", "verify-full"] = Field(default="disable", alias="DB_SSLMODE")
+    sslrootcert: str | None = Field(default=None, alias="DB_SSLROOTCERT")
+    secret_arn: str | None = Field(default=None, alias="DB_SECRET_ARN")
     # Connect + statement timeouts stay inside the API functions' 10 s Lambda timeout, so a
     # stalled database is our 503, not API Gateway's 502 or 504.
-    connect_timeout: float = Field(default=3.0, gt=0)
-    statement_timeout_ms: int = Field(default=4_000, ge=0)
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else None
-
-
-def _fields_from_env() -> dict[str, str]:
-    mapping = {
-        "host": "DB_HOST",
-        "port": "DB_PORT",
-        "user": "DB_USER",
-        "password": "DB_PASSWORD",
-        "name": "DB_NAME",
-        "sslmode": "DB_SSLMODE",
-        "sslrootcert": "DB_SSLROOTCERT",
-        "secret_arn": "DB_SECRET_ARN",
-        "connect_timeout": "DB_CONNECT_TIMEOUT",
-        "statement_timeout_ms": "DB_STATEMENT_TIMEOUT_MS",
-    }
-    return {field: value for field, var in mapping.items() if (value := _env(var)) is not None}
+    connect_timeout: float = Field(default=3.0, gt=0, alias="DB_CONNECT_TIMEOUT")
+    statement_timeout_ms: int = Field(default=4_000, ge=0, alias="DB_STATEMENT_TIMEOUT_MS")
 
 
 def _fields_from_secret(secret_arn: str) -> dict[str, object]:
@@ -72,9 +51,9 @@ def _fields_from_secret(secret_arn: str) -> dict[str, object]:
     return {field: data[key] for key, field in keys.items() if data.get(key) not in (None, "")}
 
 
-@functools.cache
+@cached
 def database_settings() -> DatabaseSettings:
-    fields: dict[str, object] = dict(_fields_from_env())
-    if secret_arn := fields.get("secret_arn"):
-        fields.update(_fields_from_secret(str(secret_arn)))
-    return DatabaseSettings.model_validate(fields)
+    settings = from_environment(DatabaseSettings)
+    if settings.secret_arn:
+        return from_environment(DatabaseSettings, **_fields_from_secret(settings.secret_arn))
+    return settings

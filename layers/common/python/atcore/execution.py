@@ -9,7 +9,6 @@ still pending, so waiting can never cost it an attempt, its lease or a second ru
 from __future__ import annotations
 
 import functools
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from atcore import db, executors
 from atcore.db import Connection
+from atcore.env import settings_reader
 from atcore.errors import DatabaseUnavailable
 from atcore.executors import ExecutionError
 from atcore.executors.settings import http_timeout_seconds
@@ -36,20 +36,23 @@ RECORDING_MARGIN_SECONDS = 3.0
 
 
 class ExecutionSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
 
-    lease_seconds: float = Field(default=120.0, gt=0)
-    claim_batch_size: int = Field(default=500, ge=1, le=10_000)
-    retry_base_seconds: float = Field(default=5.0, ge=0)
-    retry_max_seconds: float = Field(default=3600.0, ge=0)
+    lease_seconds: float = Field(default=120.0, gt=0, alias="AT_LEASE_SECONDS")
+    claim_batch_size: int = Field(default=500, ge=1, le=10_000, alias="AT_CLAIM_BATCH_SIZE")
+    retry_base_seconds: float = Field(default=5.0, ge=0, alias="AT_RETRY_BASE_SECONDS")
+    retry_max_seconds: float = Field(default=3600.0, ge=0, alias="AT_RETRY_MAX_SECONDS")
     # AWS only: how long a task handed to SQS stays reserved before another dispatcher may send
     # it again (its message went to the dead-letter queue or was lost), and the worker capacity
     # the dispatcher's backpressure is sized by (template.yaml: ScalingConfig and BatchSize).
-    handoff_seconds: float = Field(default=60.0, gt=0)
-    worker_max_concurrency: int = Field(default=10, ge=1)
-    worker_batch_size: int = Field(default=5, ge=1)
+    handoff_seconds: float = Field(default=60.0, gt=0, alias="AT_HANDOFF_SECONDS")
+    worker_max_concurrency: int = Field(default=10, ge=1, alias="AT_WORKER_MAX_CONCURRENCY")
+    worker_batch_size: int = Field(default=5, ge=1, alias="AT_WORKER_BATCH_SIZE")
     # Finished tasks are deleted this many days after their last change; 0 keeps everything.
-    retention_days: int = Field(default=30, ge=0)
+    retention_days: int = Field(default=30, ge=0, alias="AT_RETENTION_DAYS")
+    # The AWS dispatcher's loop per scheduled invocation (the next one takes over after it).
+    dispatch_run_seconds: float = Field(default=60.0, gt=0, alias="AT_DISPATCH_RUN_SECONDS")
+    task_queue_url: str | None = Field(default=None, alias="TASK_QUEUE_URL")
 
     @property
     def max_queued(self) -> int:
@@ -59,19 +62,7 @@ class ExecutionSettings(BaseModel):
         return 2 * self.worker_max_concurrency * self.worker_batch_size
 
 
-@functools.cache
-def execution_settings() -> ExecutionSettings:
-    names = {
-        "lease_seconds": "AT_LEASE_SECONDS",
-        "claim_batch_size": "AT_CLAIM_BATCH_SIZE",
-        "retry_base_seconds": "AT_RETRY_BASE_SECONDS",
-        "retry_max_seconds": "AT_RETRY_MAX_SECONDS",
-        "handoff_seconds": "AT_HANDOFF_SECONDS",
-        "worker_max_concurrency": "AT_WORKER_MAX_CONCURRENCY",
-        "worker_batch_size": "AT_WORKER_BATCH_SIZE",
-        "retention_days": "AT_RETENTION_DAYS",
-    }
-    return ExecutionSettings.model_validate({f: os.environ[v] for f, v in names.items() if os.environ.get(v)})
+execution_settings = settings_reader(ExecutionSettings)
 
 
 class AttemptRef(BaseModel):

@@ -9,10 +9,10 @@ still simply wins. What SQS refuses goes straight back to the table.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 
 from atcore import db, execution
+from atcore.env import ConfigurationError
 from atcore.execution import AttemptRef, ExecutionSettings
 from atcore.executors import aws
 from atcore.observability import logger
@@ -36,7 +36,10 @@ class TaskQueueOutlet:
 
     def __init__(self, settings: ExecutionSettings, queue_url: str | None = None) -> None:
         self._settings = settings
-        self._queue_url = queue_url or os.environ["TASK_QUEUE_URL"]
+        queue_url = queue_url or settings.task_queue_url
+        if not queue_url:
+            raise ConfigurationError("TASK_QUEUE_URL is not set: the dispatcher has no queue to hand tasks to")
+        self._queue_url = queue_url
 
     def room(self, conn: db.Connection) -> int:
         return self._settings.max_queued - execution.count_queued(conn)

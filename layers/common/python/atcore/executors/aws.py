@@ -14,14 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import ExecutionError, truncate
-from .settings import env_flag, env_str
-
-# botocore's own service-specific variable for SES v2 is AWS_ENDPOINT_URL_SESV2; _SES is accepted too.
-_ENDPOINT_VARIABLES = {
-    "sesv2": ("AWS_ENDPOINT_URL_SESV2", "AWS_ENDPOINT_URL_SES"),
-    "sns": ("AWS_ENDPOINT_URL_SNS",),
-    "sqs": ("AWS_ENDPOINT_URL_SQS",),
-}
+from .settings import executor_settings
 
 # Error codes that mean "try again later", whatever their HTTP status.
 _TRANSIENT_CODES = frozenset({
@@ -57,15 +50,12 @@ _clients_lock = threading.Lock()
 
 
 def endpoint_url(service: str) -> str | None:
-    for variable in (*_ENDPOINT_VARIABLES.get(service, ()), "AWS_ENDPOINT_URL"):
-        if value := env_str(variable):
-            return value
-    return None
+    return executor_settings().endpoint_for(service)
 
 
 def delivery_enabled(service: str) -> bool:
     """AWS is used only when asked for (AT_AWS_DELIVERY) or pointed at an endpoint; else the outbox."""
-    return env_flag("AT_AWS_DELIVERY") or endpoint_url(service) is not None
+    return executor_settings().aws_delivery or endpoint_url(service) is not None
 
 
 def client(service: str, deadline: float | None = None) -> Any:
@@ -115,7 +105,7 @@ def _new_client(service: str, timeout: float, attempts: int) -> Any:
                     retries={"mode": "standard", "max_attempts": attempts})
     # A session of its own: boto3's default session is not safe to share between threads. botocore
     # reads AWS_DEFAULT_REGION only; AWS_REGION (what Lambda and most tools set) is honoured too.
-    session = boto3.session.Session(region_name=env_str("AWS_REGION"))
+    session = boto3.session.Session(region_name=executor_settings().aws_region)
     return session.client(service, endpoint_url=endpoint_url(service), config=config)
 
 

@@ -35,5 +35,7 @@ def remaining(deadline: float) -> float:
 
 
 def seconds_text(seconds: float) -> str:
-    """A duration for a message: 10, 2.5, 0.3 (three significant digits, so 9.99997 reads 10)."""
-    return f"{max(seconds, 0.0):.3g}"
+    """A duration for a message: 123, 10, 2.5, 0.3. Two significant digits below 10: the budget is measured when the
+    executor starts, a little after it was set, so 9.996 of a 10 s budget reads 10."""
+    seconds = max(seconds, 0.0)
+    return str(round(seconds)) if seconds >= 10 else f"{seconds:.2g}"

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator, model_va
 
 from . import aws, outbox
 from .payloads import PAYLOAD_CONFIG, FieldError, has_control_characters, parse_payload, payload_error
-from .settings import env_str
+from .settings import executor_settings
 
 MAX_RECIPIENTS = 50  # SES's limit for to + cc + bcc of one message
 MAX_SUBJECT_CHARS = 998  # RFC 5322 line length
@@ -76,7 +76,7 @@ class EmailPayload(BaseModel):
 
 def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict[str, object]:
     email = parse_payload(EmailPayload, payload)
-    sender = email.sender or env_str("AT_EMAIL_FROM")
+    sender = email.sender or executor_settings().email_from
     if sender is None:
         raise payload_error("from", "is required (no default sender: AT_EMAIL_FROM is not set)")
     check_sender_allowed(sender)
@@ -91,8 +91,7 @@ def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict
 def check_sender_allowed(sender: str) -> None:
     """On AWS the worker may send only from the stack's senders (its IAM policy says so too): refuse
     others here, with a message the task's owner can act on, instead of an AccessDenied from SES."""
-    allowed = {address.strip().lower() for address in (env_str("AT_EMAIL_ALLOWED_FROM") or "").split(",")}
-    allowed.discard("")
+    allowed = executor_settings().email_allowed_from
     if allowed and bare_address(sender).lower() not in allowed:
         raise payload_error("from", "is not one of this deployment's allowed senders (EmailFrom, AllowedEmailSenders)")
 

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 
 from ..observability import logger
 from .errors import ExecutionError
-from .settings import outbox_dir
+from .settings import executor_settings
 
 
 def outbox_path(channel: str) -> str:
-    return os.path.join(outbox_dir(), f"{channel}.jsonl")
+    return os.path.join(executor_settings().outbox_dir, f"{channel}.jsonl")
 
 
 def deliver(channel: str, task_id: int, attempt: int, message: Mapping[str, object]) -> None:

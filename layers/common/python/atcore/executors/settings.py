@@ -1,43 +1,64 @@
-"""Executor settings from the environment, read on every use (cheap, and tests can change them)."""
+"""The executors' settings, from the environment (atcore.env: typed, cached, failing loudly)."""
 
 from __future__ import annotations
 
-import math
 import os
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from atcore.env import settings_reader
 
 
-def env_str(name: str) -> str | None:
-    value = os.environ.get(name, "").strip()
-    return value or None
+class ExecutorSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    http_timeout_seconds: float = Field(default=10.0, gt=0, le=900, alias="AT_HTTP_TIMEOUT_SECONDS")
+    # The local run calls sinks on 127.0.0.1; never metadata or link-local (see safety.py).
+    allow_private: bool = Field(default=False, alias="AT_HTTP_ALLOW_PRIVATE")
+    outbox_dir: str = Field(default=os.path.join(".local", "outbox"), alias="AT_OUTBOX_DIR")
+    aws_delivery: bool = Field(default=False, alias="AT_AWS_DELIVERY")
+    email_from: str | None = Field(default=None, alias="AT_EMAIL_FROM")
+    # On AWS: the only senders the worker may use (EmailFrom + AllowedEmailSenders), lower case.
+    email_allowed_from: frozenset[str] = Field(default=frozenset(), alias="AT_EMAIL_ALLOWED_FROM")
+    sqs_default_queue_url: str | None = Field(default=None, alias="AT_SQS_DEFAULT_QUEUE_URL")
+    aws_region: str | None = Field(default=None, alias="AWS_REGION")
+    # An emulator or a private endpoint (botocore's own names; _SES is accepted for SES v2 too).
+    endpoint_url: str | None = Field(default=None, alias="AWS_ENDPOINT_URL")
+    endpoint_url_sesv2: str | None = Field(default=None, alias="AWS_ENDPOINT_URL_SESV2")
+    endpoint_url_ses: str | None = Field(default=None, alias="AWS_ENDPOINT_URL_SES")
+    endpoint_url_sns: str | None = Field(default=None, alias="AWS_ENDPOINT_URL_SNS")
+    endpoint_url_sqs: str | None = Field(default=None, alias="AWS_ENDPOINT_URL_SQS")
+    # Lambda sets both in every execution environment (its runtime API listens on 127.0.0.1:9001).
+    lambda_function_name: str | None = Field(default=None, alias="AWS_LAMBDA_FUNCTION_NAME")
+    lambda_runtime_api: str | None = Field(default=None, alias="AWS_LAMBDA_RUNTIME_API")
+
+    @field_validator("email_allowed_from", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def running_on_lambda(self) -> bool:
+        return bool(self.lambda_function_name or self.lambda_runtime_api)
+
+    def endpoint_for(self, service: str) -> str | None:
+        specific = {"sesv2": self.endpoint_url_sesv2 or self.endpoint_url_ses, "sns": self.endpoint_url_sns,
+                    "sqs": self.endpoint_url_sqs}.get(service)
+        return specific or self.endpoint_url
 
 
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in _TRUE
-
-
-def env_seconds(name: str, default: float, *, maximum: float) -> float:
-    """A positive number of seconds; a malformed or out-of-range value falls back to the default."""
-    try:
-        value = float(os.environ.get(name, default))
-    except ValueError:
-        return default
-    return value if math.isfinite(value) and 0 < value <= maximum else default
+executor_settings = settings_reader(ExecutorSettings)
 
 
 def http_timeout_seconds() -> float:
-    return env_seconds("AT_HTTP_TIMEOUT_SECONDS", 10.0, maximum=900.0)
+    return executor_settings().http_timeout_seconds
 
 
 def private_destinations_allowed() -> bool:
-    return env_flag("AT_HTTP_ALLOW_PRIVATE")
+    return executor_settings().allow_private
 
 
 def running_on_lambda() -> bool:
-    """Lambda sets both in every execution environment (the runtime API listens on 127.0.0.1:9001)."""
-    return env_str("AWS_LAMBDA_FUNCTION_NAME") is not None or env_str("AWS_LAMBDA_RUNTIME_API") is not None
-
-
-def outbox_dir() -> str:
-    return env_str("AT_OUTBOX_DIR") or os.path.join(".local", "outbox")
+    return executor_settings().running_on_lambda

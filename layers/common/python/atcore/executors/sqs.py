@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from . import aws, outbox
 from .payloads import PAYLOAD_CONFIG, parse_payload, payload_error
-from .settings import env_str
+from .settings import executor_settings
 
 MAX_ATTRIBUTES = 10  # SQS's limit per message
 
@@ -91,7 +91,7 @@ def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict
 
 
 def sqs_request(message: SqsPayload, task_id: int) -> dict[str, Any]:
-    queue_url = message.queue_url or env_str("AT_SQS_DEFAULT_QUEUE_URL")
+    queue_url = message.queue_url or executor_settings().sqs_default_queue_url
     if queue_url is None:
         raise payload_error("queue_url", "is required (no default queue: AT_SQS_DEFAULT_QUEUE_URL is not set)")
     fifo = is_fifo(queue_url)
