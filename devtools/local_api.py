@@ -4,10 +4,16 @@ The SAM CLI reads the routes (ApiProvider) and the functions (SamFunctionProvide
 and its LocalApigwService (a Flask app) turns each HTTP request into the REST API (payload 1.0)
 proxy event and each handler result back into an HTTP response, exactly as `sam local start-api`
 does (except that requestId and requestTime are fresh per request, as on AWS). Only the Lambda
-runner is ours: instead of a Docker container per invocation it imports the function's handler
-once and calls it in a thread of a threaded werkzeug server.
+runner is ours: instead of a Docker container per invocation it calls the function's handler,
+imported once per process.
 
-    python -m devtools.local_api [--template template.yaml] [--host 127.0.0.1] [--port 8080]
+Each server process is one Lambda execution environment: it answers one request at a time (a
+single-threaded werkzeug server, gunicorn-sync style). Handler code keeps per-invocation state in
+process-wide places (Powertools' resolver keeps the current event on a class), so invocations must
+never share a process concurrently; concurrency comes from pre-forked processes accepting on one
+listening socket (the kernel hands each connection to one waiting process).
+
+    python -m devtools.local_api [--template template.yaml] [--host 127.0.0.1] [--port 8080] [--processes N]
 
 The caller owns the process: the layer (layers/common/python) must already be on sys.path and the
 environment (DB_HOST, ...) already set; the template's Environment variables are NOT applied.
@@ -18,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import itertools
 import json
 import logging
 import os
@@ -29,7 +34,7 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -110,21 +115,32 @@ def _json_default(value: Any) -> Any:
 class InProcessLambdaRunner:
     """Duck-types samcli's LocalLambdaRunner for LocalApigwService: invoke() writes the result to stdout.
 
-    Like Lambda, each loaded copy of a handler module (an "execution environment") serves one
-    invocation at a time, and concurrent requests get more copies: handler modules keep
-    per-request state at module level (Powertools' resolver does), which threads must not share.
-    Copies are kept for reuse, so a warm request imports nothing.
+    This process is one execution environment: each function's handler module is imported once,
+    kept for the next invocation (a warm start), and invocations run one at a time. Handler
+    modules keep per-invocation state process-wide (Powertools' resolver keeps the current event
+    on a class, shared by every module copy), so two at once would answer each other's requests.
     """
 
     def __init__(self, functions: SamFunctionProvider) -> None:
         self._functions = functions
-        self._idle: dict[str, list[Handler]] = {}
-        self._lock = threading.Lock()
-        self._copies = itertools.count(1)
+        self._handlers: dict[str, Handler] = {}
+        self._one_at_a_time = threading.Lock()  # the server is single-threaded; this makes it a rule
         self._loaded_siblings: dict[str, Path] = {}  # sibling module name -> folder, to warn on clashes
 
     def is_debugging(self) -> bool:
-        return False  # LocalApigwService asks; False also means "run Flask threaded" in SAM
+        return False  # LocalApigwService asks
+
+    def preload(self, function_names: Iterable[str]) -> None:
+        """Import these functions' handlers now, e.g. before forking so that every process shares
+        them. One that fails is left to fail (and be retried) at its invocations, as an init would."""
+        for name in function_names:
+            function = self._functions.get(name)
+            if function is None:
+                continue
+            try:
+                self._handler(function)
+            except Exception:
+                LOG.warning("cannot load the handler of %s (each invocation will try again)", name, exc_info=True)
 
     def invoke(
         self,
@@ -138,28 +154,28 @@ class InProcessLambdaRunner:
         function = self._functions.get(function_identifier)
         if function is None:
             raise FunctionNotFound(f"Unable to find a Function with name '{function_identifier}'")
-        context = self._context(function, tenant_id)
+        with self._one_at_a_time:
+            context = self._context(function, tenant_id)
+            self._write(stdout, *self._run(function, json.loads(event), context))
+
+    def _run(self, function: Function, event: dict[str, Any], context: LambdaContext) -> tuple[Any, str]:
         started = time.monotonic()
         try:
-            handler = self._borrow(function)
-        except Exception as exc:  # an init failure fails the invocation, the next request retries
+            handler = self._handler(function)
+        except Exception as exc:  # an init failure fails the invocation, the next one retries
             LOG.exception("cannot load the handler of %s", function.name)
             error_type = "Runtime.ImportModuleError" if isinstance(exc, ImportError) else None
-            self._write(stdout, _lambda_error(exc, context.aws_request_id, error_type))
-            return
+            return _lambda_error(exc, context.aws_request_id, error_type), context.aws_request_id
         try:
-            result = handler(json.loads(event), context)
+            result = handler(event, context)
         except (Exception, SystemExit) as exc:  # sys.exit() in a handler fails the invocation, not the server
             LOG.exception("handler of %s raised", function.name)
             error_type = "Runtime.ExitError" if isinstance(exc, SystemExit) else None
             result = _lambda_error(exc, context.aws_request_id, error_type)
-        finally:
-            with self._lock:
-                self._idle[function.name].append(handler)
         if time.monotonic() - started > context.timeout_seconds:
-            # Lambda would have killed it; a thread cannot be killed, so only say so.
+            # Lambda would have stopped it; here it only says so.
             LOG.warning("%s ran longer than its %ss timeout", function.name, context.timeout_seconds)
-        self._write(stdout, result, context.aws_request_id)
+        return result, context.aws_request_id
 
     @staticmethod
     def _write(stdout: StreamWriter | None, result: Any, request_id: str = "") -> None:
@@ -187,22 +203,20 @@ class InProcessLambdaRunner:
             tenant_id=tenant_id,
         )
 
-    def _borrow(self, function: Function) -> Handler:
-        with self._lock:
-            idle = self._idle.setdefault(function.name, [])
-            if idle:
-                return idle.pop()
-            copy = next(self._copies)
-        return self._load(function, copy)
+    def _handler(self, function: Function) -> Handler:
+        handler = self._handlers.get(function.name)
+        if handler is None:
+            handler = self._handlers[function.name] = self._load(function)
+        return handler
 
-    def _load(self, function: Function, copy: int) -> Handler:
+    def _load(self, function: Function) -> Handler:
         if not function.codeuri or not function.handler:
             raise FunctionNotFound(f"{function.name} has no local code (CodeUri/Handler)")
         folder = Path(function.codeuri).resolve()
         module_path, _, attribute = function.handler.rpartition(".")
         source = folder / (module_path.replace(".", "/") + ".py")
         # Every function has an app.py: a unique module name keeps them apart in sys.modules.
-        module_name = f"_local_api_{function.name}_{module_path.replace('.', '_')}_{copy}"
+        module_name = f"_local_api_{function.name}_{module_path.replace('.', '_')}"
         self._make_importable(folder)
         spec = importlib.util.spec_from_file_location(module_name, source)
         if spec is None or spec.loader is None:
@@ -214,7 +228,7 @@ class InProcessLambdaRunner:
         except BaseException:
             del sys.modules[module_name]
             raise
-        LOG.info("loaded %s from %s (environment %d)", function.name, source, copy)
+        LOG.debug("loaded %s from %s", function.name, source)
         return getattr(module, attribute)
 
     def _make_importable(self, folder: Path) -> None:
@@ -255,7 +269,14 @@ class _FreshRequestIdApigwService(LocalApigwService):
 
 
 class _RequestLogHandler(WSGIRequestHandler):
-    """One structured log line per request instead of werkzeug's access log."""
+    """One structured log line per request instead of werkzeug's access log.
+
+    HTTP/1.0: one request per connection, so an idle keep-alive connection never holds one of
+    the single-request processes; and a client that stalls for `timeout` seconds is let go.
+    """
+
+    protocol_version = "HTTP/1.0"
+    timeout = 30
 
     def run_wsgi(self) -> None:
         self._started = time.perf_counter()
@@ -272,6 +293,10 @@ class _RequestLogHandler(WSGIRequestHandler):
         LOG.info("%s %s %s", self.command, self.path, code, extra={"fields": fields})
 
 
+class _Stop(BaseException):
+    """Raised by a stop signal in a server process waiting for a connection."""
+
+
 class LocalApi:
     """A bound (already listening) server; serve it in the foreground or in a background thread."""
 
@@ -282,28 +307,86 @@ class LocalApi:
         self.url = f"http://{server.host}:{server.port}"
 
     def serve_forever(self, processes: int = 1) -> None:
-        """Serve until interrupted. processes > 1 pre-forks that many servers on the one listening
-        socket (the kernel spreads connections among them), so handlers use every core, as
-        Lambda's separate execution environments would. Fork before starting any thread."""
-        children = []
-        for _ in range(processes - 1):
-            pid = os.fork()
-            if pid == 0:  # a child serves until it is interrupted or terminated, then leaves quietly
-                try:
-                    self._server.serve_forever()
-                finally:
-                    os._exit(0)
-            children.append(pid)
-        self._serving.set()
-        try:
+        """Serve until interrupted (KeyboardInterrupt; make SIGTERM raise it too), one request at a
+        time per process. processes == 1 serves in this process (stoppable by shutdown()); more
+        pre-forks that many server processes on the one listening socket, replaces any that dies
+        and stops them all on the way out. Fork before starting any thread."""
+        if processes <= 1:
+            self._serving.set()
             self._server.serve_forever()  # werkzeug closes the socket when it returns
+            return
+        children: dict[int, float] = {}  # pid -> when it started
+        LOG.info("serving %s with %d processes, one request at a time each", self.url, processes)
+        try:
+            while True:
+                while len(children) < processes:
+                    children[self._fork_server()] = time.monotonic()
+                time.sleep(0.5)  # os.wait() would also reap the caller's other children (the engines)
+                for pid, started in list(children.items()):
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        del children[pid]
+                        LOG.warning("API process %d exited; starting another", pid)
+                        if time.monotonic() - started < 1:
+                            time.sleep(1)  # not a busy loop if it dies at once
         finally:
             for pid in children:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+                    os.kill(pid, signal.SIGTERM)  # each finishes the request it is answering
+            for pid in children:
                 os.waitpid(pid, 0)
+            self._server.server_close()
+
+    def _fork_server(self) -> int:
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            self._serve_one_at_a_time()
+            code = 0
+        except BaseException:
+            LOG.exception("API process %d failed", os.getpid())
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)  # never return into the caller's stack (its finally would stop the run)
+
+    def _serve_one_at_a_time(self) -> None:
+        """A forked server process: accept one connection, answer it, repeat, until SIGTERM or SIGINT.
+
+        A blocking accept() on the shared socket: the kernel wakes one waiting process per
+        connection, so connections go to idle processes only. A stop signal while answering
+        lets the answer finish."""
+        busy = stopping = False
+
+        def stop(*_: object) -> None:
+            nonlocal stopping
+            stopping = True
+            if not busy:
+                raise _Stop
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        server = self._server
+        try:
+            while not stopping:
+                try:
+                    connection, address = server.socket.accept()
+                except ConnectionAbortedError:  # the client left before it was accepted
+                    continue
+                busy = True
+                try:
+                    server.finish_request(connection, address)
+                except Exception:
+                    LOG.exception("cannot answer %s", address)  # in JSON, not socketserver's traceback print
+                finally:
+                    server.shutdown_request(connection)
+                    busy = False
+        except _Stop:
+            pass
 
     def start(self) -> LocalApi:
+        """Serve in a background thread of this process (one request at a time)."""
         # The socket listens since construction, so connections are accepted once the loop runs.
         self._thread = threading.Thread(target=self.serve_forever, name="local-api", daemon=True)
         self._thread.start()
@@ -326,6 +409,12 @@ def _quiet_sam() -> None:
     os.environ["SAM_CLI_TELEMETRY"] = "0"
 
 
+def default_processes() -> int:
+    """Server processes when not told: more than cores, as handlers also wait on the database;
+    not many more, as each one busy at once costs CPU per request (caches, switches)."""
+    return 3 * (os.cpu_count() or 1)
+
+
 def create_local_api(
     template_path: str | Path,
     host: str = "127.0.0.1",
@@ -333,7 +422,8 @@ def create_local_api(
     *,
     extra_routes: Mapping[str, Callable[..., Any]] | None = None,
 ) -> LocalApi:
-    """Reads the template's Api routes and binds host:port (0 picks a free port; see `.url`).
+    """Reads the template's Api routes, imports their handlers and binds host:port (0 picks a free
+    port; see `.url`).
 
     extra_routes: Flask rule -> view for GET routes that are not the API's (e.g. its documentation);
     the template's routes win where both match.
@@ -349,13 +439,14 @@ def create_local_api(
     if not api.routes:
         raise NoApisDefined(f"No APIs available in {template}")
     runner = InProcessLambdaRunner(functions)
+    runner.preload(dict.fromkeys(route.function_name for route in api.routes))
     service = _FreshRequestIdApigwService(api=api, lambda_runner=runner, port=port, host=host)  # type: ignore[arg-type]
     service.create()
     for rule, view in (extra_routes or {}).items():
         service._app.add_url_rule(rule, endpoint=f"extra {rule}", view_func=view, methods=["GET"])
     try:
         # SAM's own run() is unusable here: it blocks, installs a SIGTERM handler and cannot be stopped.
-        server = make_server(host, port, service._app, threaded=True, request_handler=_RequestLogHandler)
+        server = make_server(host, port, service._app, request_handler=_RequestLogHandler)
     except SystemExit as exc:  # werkzeug exits the process when the port is taken
         raise OSError(f"cannot listen on {host}:{port}") from exc
     service.port = server.port  # the events' X-Forwarded-Port header, right even when port was 0
@@ -383,6 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--template", default="template.yaml")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8080")))
+    parser.add_argument("--processes", type=int, default=int(os.environ.get("AT_API_PROCESSES") or default_processes()))
     args = parser.parse_args(argv)
 
     handler = logging.StreamHandler()
@@ -390,8 +482,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
     local_api = create_local_api(args.template, args.host, args.port)
-    LOG.info("serving %s", local_api.url)
-    local_api.serve_forever()
+    signal.signal(signal.SIGTERM, _interrupt)
+    with contextlib.suppress(KeyboardInterrupt):
+        local_api.serve_forever(args.processes)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the server as cleanly as Ctrl+C
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def main() -> None:
         os.environ.setdefault(name, value)
     sys.path[:0] = [str(LAYER), str(ROOT / "db")]
     server = _start_database()
-    from devtools.local_api import create_local_api
+    from devtools.local_api import create_local_api, default_processes
     from devtools.openapi import docs_routes
     from migrate import migrate_configured_database
 
@@ -71,7 +71,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"AT is running: API on {api.url}, docs on {api.url}/docs (Ctrl+C stops it)", file=sys.stderr, flush=True)
     try:
-        api.serve_forever(processes=int(os.environ.get("AT_API_PROCESSES") or os.cpu_count() or 1))
+        api.serve_forever(processes=int(os.environ.get("AT_API_PROCESSES") or default_processes()))
     except KeyboardInterrupt:
         pass
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -106,3 +107,35 @@ def test_unknown_route_answers_like_api_gateway(api):
 def test_body_that_is_not_utf8_is_a_400(api):
     status, answer, _ = request("POST", f"{api}/api/v1/tasks", b"\x80\xff", {"Content-Type": "application/json"})
     assert status == 400 and "not valid JSON" in answer["error"]
+
+
+def test_concurrent_creates_each_get_and_store_their_own_request(api, sql):
+    # Powertools' resolver keeps the current event on a class, so two invocations served by
+    # threads of one process answered (and stored) each other's body; a process must serve
+    # one invocation at a time, like a Lambda execution environment.
+    clients, creates_each = 40, 100
+
+    def create(client: int) -> list[tuple[dict, dict]]:
+        results = []
+        for n in range(creates_each):
+            sent = {"execute_at": "2099-01-01T00:00:00Z", "task_type": f"isolation-{client}-{n}",
+                    "payload": {"client": client, "n": n}, "max_attempts": 1 + (client * creates_each + n) % 100}
+            status, created, _ = request("POST", f"{api}/api/v1/tasks", json.dumps(sent),
+                                         {"Content-Type": "application/json"})
+            assert status == 201, created
+            results.append((sent, created["task"]))
+        return results
+
+    with ThreadPoolExecutor(clients) as pool:
+        results = [pair for pairs in pool.map(create, range(clients)) for pair in pairs]
+
+    answered_wrong = [(sent["task_type"], task["task_type"]) for sent, task in results
+                      if (task["task_type"], task["payload"], task["max_attempts"])
+                      != (sent["task_type"], sent["payload"], sent["max_attempts"])]
+    stored = {row[0]: tuple(row[1:]) for row in sql.run("SELECT id, task_type, payload, max_attempts "
+                                                         "FROM scheduled_tasks")}
+    stored_wrong = [(sent["task_type"], stored.get(task["id"])) for sent, task in results
+                    if stored.get(task["id"]) != (sent["task_type"], sent["payload"], sent["max_attempts"])]
+    assert (answered_wrong[:5], len(answered_wrong)) == ([], 0)
+    assert (stored_wrong[:5], len(stored_wrong)) == ([], 0)
+    assert len(stored) == clients * creates_each

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import os
+import signal
+import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from devtools.local_api import LocalApi, create_local_api
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "fixtures" / "local_api" / "template.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "tests" / "fixtures" / "local_api" / "template.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +150,11 @@ def test_functions_without_api_events_are_never_loaded(api: LocalApi) -> None:
     assert not [name for name in sys.modules if name.startswith("_local_api_WorkerFunction")]
 
 
-def test_concurrent_requests_all_succeed(api: LocalApi) -> None:
+def test_concurrent_requests_each_get_their_own_answer(api: LocalApi) -> None:
+    # The echo keeps its event in a module shared by every copy of the handler, as Powertools'
+    # resolver does; concurrent requests served by threads of one process answered each other's.
     def get(task_id: int) -> str:
-        return echo(api, "GET", f"/api/v1/tasks/{task_id}")["event"]["pathParameters"]["id"]
+        return echo(api, "GET", f"/api/v1/tasks/{task_id}?hold=0.005")["event"]["pathParameters"]["id"]
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         ids = list(pool.map(get, range(100)))
@@ -157,3 +166,79 @@ def test_shutdown_without_serving_does_not_hang() -> None:
     local_api.shutdown()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(local_api.url + "/health", timeout=2)
+
+
+def test_init_error_is_a_502_and_the_next_invocation_tries_again(api: LocalApi) -> None:
+    inits = int(os.environ.get("LOCAL_API_BROKEN_INITS", "0"))  # one when the API was created
+    for _ in range(2):
+        status, _, body = call(api, "GET", "/broken")
+        assert (status, json.loads(body)) == (502, {"message": "Internal server error"})
+    assert int(os.environ["LOCAL_API_BROKEN_INITS"]) == inits + 2
+
+
+def test_a_handler_over_its_timeout_still_answers_and_is_reported(api: LocalApi, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="devtools.local_api"):
+        assert echo(api, "GET", "/slow?hold=1.05")["context"]["function_name"] == "SlowFunction"
+    assert "SlowFunction ran longer than its 1.0s timeout" in caplog.text
+
+
+def test_handlers_are_loaded_before_the_first_request() -> None:
+    local_api = create_local_api(TEMPLATE, port=0)
+    try:
+        assert "_local_api_EchoFunction_app" in sys.modules and "_local_api_SlowFunction_app" in sys.modules
+    finally:
+        local_api.shutdown()
+
+
+def _children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads children from /proc")
+def test_pre_forked_processes_are_replaced_and_finish_their_request_on_sigterm() -> None:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "devtools.local_api", "--template", str(TEMPLATE),
+                               "--port", str(port), "--processes", "3"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while len(_children(server.pid)) < 3 or not _answers(url):
+            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()
+            time.sleep(0.1)
+        with ThreadPoolExecutor(max_workers=12) as pool:  # three at once, each in its own process
+            ids = list(pool.map(lambda n: _get_json(f"{url}/api/v1/tasks/{n}?hold=0.05")["event"]["pathParameters"]["id"],
+                                range(24)))
+        assert ids == [str(n) for n in range(24)]
+
+        killed = min(_children(server.pid))
+        os.kill(killed, signal.SIGKILL)
+        while killed in _children(server.pid) or len(_children(server.pid)) < 3:
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.1)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            slow = pool.submit(_get_json, f"{url}/api/v1/tasks/7?hold=1")
+            time.sleep(0.3)
+            server.send_signal(signal.SIGTERM)
+            assert slow.result()["event"]["pathParameters"]["id"] == "7"  # finished, not cut off
+        assert server.wait(10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    output = server.stdout.read().decode()
+    records = [json.loads(line) for line in output.splitlines()]  # JSON lines only
+    assert any(f"API process {killed} exited" in record["message"] for record in records)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return _get_json(f"{url}/health")["event"]["path"] == "/health"
+    except OSError:
+        return False
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
