@@ -13,7 +13,11 @@ process-wide places (Powertools' resolver keeps the current event on a class), s
 never share a process concurrently; concurrency comes from pre-forked processes accepting on one
 listening socket (the kernel hands each connection to one waiting process).
 
-    python -m devtools.local_api [--template template.yaml] [--host 127.0.0.1] [--port 8080] [--processes N]
+Only requests addressed to this machine's local names are answered, and never cross-site ones
+from a browser: see _LocalRequestsOnly.
+
+    python -m devtools.local_api [--template template.yaml] [--host 127.0.0.1] [--port 8080]
+                                 [--processes N] [--allowed-host NAME ...]
 
 The caller owns the process: the layer (layers/common/python) must already be on sys.path and the
 environment (DB_HOST, ...) already set; the template's Environment variables are NOT applied.
@@ -27,6 +31,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -57,6 +62,7 @@ LOG = logging.getLogger("devtools.local_api")  # not __main__ under python -m
 Handler = Callable[[dict[str, Any], Any], Any]
 
 _ACCOUNT_ID = "123456789012"  # SAM's fake account id, also used in the events it builds
+_REFUSED = "local_api.refused"  # the WSGI environ key of why _LocalRequestsOnly refused a request
 
 
 @dataclass
@@ -290,7 +296,90 @@ class _RequestLogHandler(WSGIRequestHandler):
             "status": int(code) if str(code).isdigit() else code,
             "duration_ms": round(elapsed_ms, 1),
         }
-        LOG.info("%s %s %s", self.command, self.path, code, extra={"fields": fields})
+        refused = getattr(self, "environ", {}).get(_REFUSED)
+        if refused:
+            fields["refused"] = refused
+        LOG.log(logging.WARNING if refused else logging.INFO, "%s %s %s", self.command, self.path, code,
+                extra={"fields": fields})
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+_ALL_INTERFACES = {"", "0.0.0.0", "::"}
+_HOST_HEADER = re.compile(r"(\[[0-9a-f:.]+\]|[^:\[\]]+)(?::([0-9]*))?")
+
+
+def _host_name(host: str) -> str:
+    host = host.strip().lower()
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def allowed_host_names(bind_host: str, extra: Iterable[str] = ()) -> list[str]:
+    """The names a request may address this server by: the loopback names, the address it is
+    bound to (unless that is every interface: then only the names in extra are added)."""
+    names = [*LOOPBACK_NAMES]
+    if bind_host.strip("[]") not in _ALL_INTERFACES:
+        names.append(_host_name(bind_host))
+    names += [_host_name(name) for name in extra]
+    return list(dict.fromkeys(names))
+
+
+class _LocalRequestsOnly:
+    """WSGI middleware: answers 403 {"error": ...} to requests the local run must not serve.
+
+    The local run creates tasks that call loopback, private and metadata addresses; any web page
+    could otherwise make a visitor's browser create them: a "simple" cross-site POST (the body is
+    read as JSON whatever its Content-Type) or DNS rebinding (a page of evil.example whose name
+    now resolves to 127.0.0.1). So a request must be addressed (Host) to one of `names`, with
+    this port or none, and a browser request (one with Origin or Sec-Fetch-* headers) must come
+    from this server's own origin and send any body as JSON. A client without those headers
+    (curl, scripts) is not a browser and may send any Content-Type (curl -d sends a form's).
+    """
+
+    def __init__(self, app: Callable[..., Any], names: Iterable[str], port: int) -> None:
+        self._app = app
+        self._names = frozenset(names)
+        self._port = port
+        self._origins = {f"http://{name}:{port}" for name in self._names}
+        if port == 80:
+            self._origins |= {f"http://{name}" for name in self._names}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        reason = self._refusal(environ)
+        if reason is None:
+            return self._app(environ, start_response)
+        environ[_REFUSED] = reason  # for the request's log line
+        body = json.dumps({"error": reason}).encode()
+        start_response("403 Forbidden", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _refusal(self, environ: dict[str, Any]) -> str | None:
+        host = environ.get("HTTP_HOST")
+        if host is not None and not self._is_local(host):
+            return (f"Host {host!r} is not this local run's: it answers only requests addressed to "
+                    f"{', '.join(sorted(self._names))} (port {self._port})")
+        site = environ.get("HTTP_SEC_FETCH_SITE", "").lower()
+        if site in ("cross-site", "same-site"):
+            return f"cross-site request refused (Sec-Fetch-Site: {site}): use the local run from its own pages or curl"
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None and origin.lower() not in self._origins:
+            return f"cross-origin request refused: Origin {origin!r} is not this local run's"
+        browser = origin is not None or any(key.startswith("HTTP_SEC_FETCH_") for key in environ)
+        content_type = environ.get("CONTENT_TYPE", "")
+        has_body = environ.get("CONTENT_LENGTH", "") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ
+        if browser and (content_type or has_body) and not _is_json(content_type):
+            return f"a browser request must send its body as application/json, not {content_type or 'untyped'}"
+        return None
+
+    def _is_local(self, host: str) -> bool:
+        match = _HOST_HEADER.fullmatch(host.strip().lower())
+        if match is None or match.group(1) not in self._names:
+            return False
+        return not match.group(2) or int(match.group(2)) == self._port
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 class _Stop(BaseException):
@@ -304,7 +393,7 @@ class LocalApi:
         self._server = server
         self._thread: threading.Thread | None = None
         self._serving = threading.Event()
-        self.url = f"http://{server.host}:{server.port}"
+        self.url = f"http://{_host_name(server.host)}:{server.port}"
 
     def serve_forever(self, processes: int = 1) -> None:
         """Serve until interrupted (KeyboardInterrupt; make SIGTERM raise it too), one request at a
@@ -421,9 +510,10 @@ def create_local_api(
     port: int = 8080,
     *,
     extra_routes: Mapping[str, Callable[..., Any]] | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> LocalApi:
     """Reads the template's Api routes, imports their handlers and binds host:port (0 picks a free
-    port; see `.url`).
+    port; see `.url`). Requests must address it by a name of allowed_host_names(host, allowed_hosts).
 
     extra_routes: Flask rule -> view for GET routes that are not the API's (e.g. its documentation);
     the template's routes win where both match.
@@ -450,6 +540,7 @@ def create_local_api(
     except SystemExit as exc:  # werkzeug exits the process when the port is taken
         raise OSError(f"cannot listen on {host}:{port}") from exc
     service.port = server.port  # the events' X-Forwarded-Port header, right even when port was 0
+    server.app = _LocalRequestsOnly(service._app, allowed_host_names(host, allowed_hosts), server.port)
     for route in api.routes:
         LOG.info("route %s %s -> %s", ",".join(sorted(route.methods)), route.path, route.function_name)
     return LocalApi(server)
@@ -472,16 +563,18 @@ class _JsonFormatter(logging.Formatter):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m devtools.local_api", description=__doc__.splitlines()[0])
     parser.add_argument("--template", default="template.yaml")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 or :: listens on every interface")
     parser.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8080")))
     parser.add_argument("--processes", type=int, default=int(os.environ.get("AT_API_PROCESSES") or default_processes()))
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="another name or address clients use in Host (e.g. this machine's LAN address)")
     args = parser.parse_args(argv)
 
     handler = logging.StreamHandler()
     handler.setFormatter(_JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
-    local_api = create_local_api(args.template, args.host, args.port)
+    local_api = create_local_api(args.template, args.host, args.port, allowed_hosts=args.allowed_host)
     signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         local_api.serve_forever(args.processes)

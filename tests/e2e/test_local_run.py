@@ -139,3 +139,50 @@ def test_concurrent_creates_each_get_and_store_their_own_request(api, sql):
     assert (answered_wrong[:5], len(answered_wrong)) == ([], 0)
     assert (stored_wrong[:5], len(stored_wrong)) == ([], 0)
     assert len(stored) == clients * creates_each
+
+
+SAFE_TASK = json.dumps({"execute_at": "2099-01-01T00:00:00Z", "task_type": "http_callback",
+                        "payload": {"url": "http://169.254.169.254/latest/meta-data/"}})
+
+
+@pytest.mark.parametrize(
+    "headers, refused_because",
+    [
+        ({"Host": "evil.example"}, "Host"),
+        ({"Host": "evil.example:{port}"}, "Host"),
+        ({"Host": "127.0.0.1.nip.io:{port}"}, "Host"),
+        ({"Host": "localhost:1"}, "Host"),
+        ({"Origin": "https://evil.example", "Content-Type": "text/plain"}, "cross-origin"),
+        ({"Origin": "null", "Content-Type": "application/json"}, "cross-origin"),
+        ({"Origin": "http://127.0.0.1:1", "Content-Type": "application/json"}, "cross-origin"),
+        ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Content-Type": "text/plain"}, "cross-site"),
+        ({"Sec-Fetch-Site": "same-site", "Content-Type": "application/json"}, "cross-site"),
+        ({"Origin": "{origin}", "Sec-Fetch-Site": "same-origin", "Content-Type": "text/plain"}, "application/json"),
+        ({"Origin": "{origin}", "Content-Type": "application/x-www-form-urlencoded"}, "application/json"),
+    ],
+)
+def test_requests_a_web_page_could_send_are_refused(api, sql, headers, refused_because):
+    # A page on another site (or one DNS-rebound to 127.0.0.1) must not create tasks through a
+    # visitor's local run: they could call loopback, the LAN or the metadata service.
+    port = api.rsplit(":", 1)[1]
+    headers = {name: value.format(port=port, origin=api) for name, value in headers.items()}
+    status, answer, content_type = request("POST", f"{api}/api/v1/tasks", SAFE_TASK, headers)
+    assert (status, content_type) == (403, "application/json"), answer
+    assert refused_because in answer["error"]
+    assert sql.run("SELECT count(*) FROM scheduled_tasks")[0][0] == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
+def test_local_names_and_own_origin_are_served(api, sql, host):
+    port = api.rsplit(":", 1)[1]
+    for host_header in (f"{host}:{port}", host):
+        browser = {"Host": host_header, "Origin": f"http://{host}:{port}", "Sec-Fetch-Site": "same-origin",
+                   "Content-Type": "application/json"}
+        assert request("POST", f"{api}/api/v1/tasks", SAFE_TASK, browser)[0] == 201
+    curl = {"Host": f"{host}:{port}", "Content-Type": "application/x-www-form-urlencoded"}
+    assert request("POST", f"{api}/api/v1/tasks", SAFE_TASK, curl)[0] == 201
+    swagger = {"Host": f"{host}:{port}", "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors",
+               "Referer": f"http://{host}:{port}/docs"}
+    for path in ("/docs", "/openapi.json", "/api/v1/tasks?limit=1"):
+        assert request("GET", f"{api}{path}", headers=swagger | {"Sec-Fetch-Site": "none"})[0] == 200, path
+        assert request("GET", f"{api}{path}", headers=swagger)[0] == 200, path

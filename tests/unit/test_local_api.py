@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from devtools.local_api import LocalApi, create_local_api
+from devtools.local_api import LocalApi, allowed_host_names, create_local_api
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "tests" / "fixtures" / "local_api" / "template.yaml"
@@ -188,6 +188,54 @@ def test_handlers_are_loaded_before_the_first_request() -> None:
         assert "_local_api_EchoFunction_app" in sys.modules and "_local_api_SlowFunction_app" in sys.modules
     finally:
         local_api.shutdown()
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "localhost:1", "127.0.0.1.evil.example:{port}",
+                                  "[::2]:{port}", "localhost.:{port}", "127.0.0.1:{port}:{port}"])
+def test_a_host_that_is_not_a_local_name_is_refused(api: LocalApi, host: str) -> None:
+    status, headers, body = call(api, "GET", "/health", headers={"Host": host.format(port=api.url.rsplit(":", 1)[1])})
+    assert (status, headers["Content-Type"]) == (403, "application/json")
+    assert "is not this local run's" in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:{port}", "LOCALHOST:{port}", "localhost", "[::1]:{port}"])
+def test_local_names_are_served(api: LocalApi, host: str) -> None:
+    assert echo(api, "GET", "/health", headers={"Host": host.format(port=api.url.rsplit(":", 1)[1])})
+
+
+def test_browser_requests_must_be_same_origin_and_json(api: LocalApi) -> None:
+    own = api.url
+    refused = [
+        {"Origin": "http://evil.example"},
+        {"Origin": own.replace("127.0.0.1", "127.0.0.2")},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": own},
+        {"Origin": own, "Content-Type": "text/plain"},
+        {"Sec-Fetch-Mode": "no-cors", "Content-Type": "multipart/form-data; boundary=x"},
+    ]
+    for headers in refused:
+        status, _, body = call(api, "POST", "/api/v1/tasks", body=b"{}", headers=headers)
+        assert (status, sorted(json.loads(body))) == (403, ["error"]), headers
+    served = [
+        {"Origin": own, "Content-Type": "application/json"},
+        {"Origin": own.replace("127.0.0.1", "localhost"), "Sec-Fetch-Site": "same-origin",
+         "Content-Type": "application/json; charset=utf-8"},
+        {"Content-Type": "application/x-www-form-urlencoded"},  # curl -d: not a browser
+        {"Content-Type": "text/plain"},
+    ]
+    for headers in served:
+        assert echo(api, "POST", "/api/v1/tasks", body=b"{}", headers=headers)["event"]["body"] == "{}"
+    assert echo(api, "GET", "/api/v1/tasks", headers={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"})
+    assert echo(api, "GET", "/health", headers={"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"})
+
+
+def test_allowed_hosts_follow_the_address_listened_on() -> None:
+    loopback = ["127.0.0.1", "localhost", "[::1]"]
+    assert allowed_host_names("127.0.0.1") == loopback
+    assert allowed_host_names("0.0.0.0") == allowed_host_names("::") == loopback  # every interface: names unknown
+    assert allowed_host_names("192.168.1.20") == [*loopback, "192.168.1.20"]
+    assert allowed_host_names("fe80::1") == [*loopback, "[fe80::1]"]
+    assert allowed_host_names("0.0.0.0", ["My-Laptop.local", "10.0.0.5"]) == [*loopback, "my-laptop.local", "10.0.0.5"]
 
 
 def _children(pid: int) -> set[int]:
