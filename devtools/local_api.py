@@ -299,8 +299,7 @@ class _RequestLogHandler(WSGIRequestHandler):
         refused = getattr(self, "environ", {}).get(_REFUSED)
         if refused:
             fields["refused"] = refused
-        LOG.log(logging.WARNING if refused else logging.INFO, "%s %s %s", self.command, self.path, code,
-                extra={"fields": fields})
+        LOG.log(logging.WARNING if refused else logging.INFO, "%s %s %s", self.command, self.path, code, extra=fields)
 
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
@@ -546,18 +545,14 @@ def create_local_api(
     return LocalApi(server)
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            **getattr(record, "fields", {}),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+def configure_logging(level: str | int = "INFO", service: str = "local-api") -> None:
+    """The standard library's log as JSON lines on stdout, shaped like the functions' Powertools
+    lines (which go to stdout too), so the console is one structured log."""
+    from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(LambdaPowertoolsFormatter(service=service))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -570,10 +565,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="another name or address clients use in Host (e.g. this machine's LAN address)")
     args = parser.parse_args(argv)
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(_JsonFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-
+    configure_logging()
     local_api = create_local_api(args.template, args.host, args.port, allowed_hosts=args.allowed_host)
     signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):

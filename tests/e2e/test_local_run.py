@@ -186,3 +186,29 @@ def test_local_names_and_own_origin_are_served(api, sql, host):
     for path in ("/docs", "/openapi.json", "/api/v1/tasks?limit=1"):
         assert request("GET", f"{api}{path}", headers=swagger | {"Sec-Fetch-Site": "none"})[0] == 200, path
         assert request("GET", f"{api}{path}", headers=swagger)[0] == 200, path
+
+
+def test_console_is_one_json_line_per_request_and_no_warnings(api):
+    def console() -> list[str]:
+        return api.console.read_text().splitlines()
+
+    before = len(console())
+    task_id = request("POST", f"{api}/api/v1/tasks", SAFE_TASK)[1]["task"]["id"]
+    for _ in range(3):
+        request("GET", f"{api}/api/v1/tasks/{task_id}")
+    request("GET", f"{api}/api/v1/tasks/987654321")
+    request("GET", f"{api}/health", headers={"Host": "evil.example"})  # the last one
+    deadline = time.monotonic() + 5
+    while not any('"status":403' in line for line in console()[before:]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # each process writes its lines when it has answered
+    lines = console()
+    assert not [line for line in lines if "UserWarning" in line or "No application metrics" in line]
+    entries = [json.loads(line) for line in lines]  # every line is JSON: no plain tracebacks or prints
+    assert all({"level", "message", "timestamp"} <= entry.keys() for entry in entries)
+    served = [(e["method"], e["path"], e["status"]) for e in entries[before:] if "duration_ms" in e]
+    assert sorted(served) == sorted([("POST", "/api/v1/tasks", 201), *[("GET", f"/api/v1/tasks/{task_id}", 200)] * 3,
+                                     ("GET", "/api/v1/tasks/987654321", 404), ("GET", "/health", 403)])
+    assert all(isinstance(e["duration_ms"], float) for e in entries[before:] if "duration_ms" in e)
+    assert any(e["message"] == "Task created" and e.get("task_id") == task_id for e in entries[before:])
+    [refused] = [e for e in entries[before:] if e.get("status") == 403]
+    assert refused["level"] == "WARNING" and "evil.example" in refused["refused"]
