@@ -28,6 +28,7 @@ EMBEDDED_PORT = int(os.environ.get("AT_EMBEDDED_PG_PORT", "54329"))
 # Local defaults; anything already in the environment wins.
 LOCAL_DEFAULTS = {
     "AT_HTTP_ALLOW_PRIVATE": "1",
+    "AT_EMAIL_FROM": "at@localhost",  # e-mail tasks without "from" (the README's first example) go to the outbox
     "AT_OUTBOX_DIR": str(LOCAL / "outbox"),
     "POWERTOOLS_METRICS_DISABLED": "true",
     "POWERTOOLS_TRACE_DISABLED": "true",

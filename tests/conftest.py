@@ -236,7 +236,7 @@ def api(database: str, tmp_path_factory: pytest.TempPathFactory, request: pytest
     run = LocalRun(f"http://127.0.0.1:{port}")
     run.console, run.outbox = folder / "console.log", folder / "outbox"
     env = os.environ | {"API_PORT": str(port), "AT_OUTBOX_DIR": str(run.outbox), "AT_RETRY_BASE_SECONDS": "0.05"}
-    for name in ("AT_AWS_DELIVERY", "POWERTOOLS_LOG_LEVEL"):
+    for name in ("AT_AWS_DELIVERY", "AT_EMAIL_FROM", "POWERTOOLS_LOG_LEVEL"):
         env.pop(name, None)
     with run.console.open("wb") as console:
         process = subprocess.Popen([sys.executable, "-m", "devtools.run"], cwd=ROOT, env=env,

@@ -5,6 +5,7 @@ requests."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import request
+from conftest import ROOT, request
 from http_sink import HttpSink
 
 pytestmark = pytest.mark.e2e
@@ -139,6 +140,34 @@ def test_concurrent_creates_each_get_and_store_their_own_request(api, sql):
     assert (answered_wrong[:5], len(answered_wrong)) == ([], 0)
     assert (stored_wrong[:5], len(stored_wrong)) == ([], 0)
     assert len(stored) == clients * creates_each
+
+
+def wait_for_status(api, task_id: int, status: str, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while (task := request("GET", f"{api}/api/v1/tasks/{task_id}")[1]["task"])["status"] != status:
+        assert time.monotonic() < deadline, f"task is still {task['status']}: {task}"
+        time.sleep(0.05)
+    return task
+
+
+def test_readme_first_example_delivers_the_email_to_the_outbox(api):
+    # The README's first curl, as written, but due in 1-2 s instead of 10 (curl -d sends a form's
+    # Content-Type and no Origin); its e-mail names no "from": the local run has a default sender.
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"curl -s -X POST http://127\.0\.0\.1:8080/api/v1/tasks \\\n\s*-d '(.*?\})'", readme, re.S)
+    assert command, "the README's first example is no longer a curl -d POST"
+    body = re.sub(r"""\"'"\$\(date [^)]*\)"'\"""", f'"{in_seconds(2)[:19]}Z"', command.group(1))
+    assert "from" not in json.loads(body)["payload"]
+    status, created, _ = request("POST", f"{api}/api/v1/tasks", body,
+                                 {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 201, created
+    task = wait_for_status(api, created["task"]["id"], "completed")
+    assert task["attempts"] == 1 and "error_message" not in task
+    sent = [json.loads(line) for line in (api.outbox / "email.jsonl").read_text().splitlines()]
+    [email] = [record["message"] for record in sent if record["task_id"] == task["id"]]
+    payload = json.loads(body)["payload"]
+    assert email["from"] == "at@localhost"
+    assert (email["to"], email["subject"], email["text"]) == ([payload["to"]], payload["subject"], payload["text"])
 
 
 SAFE_TASK = json.dumps({"execute_at": "2099-01-01T00:00:00Z", "task_type": "http_callback",
