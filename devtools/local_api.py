@@ -440,11 +440,12 @@ class LocalApi:
             os._exit(code)  # never return into the caller's stack (its finally would stop the run)
 
     def _serve_one_at_a_time(self) -> None:
-        """A forked server process: accept one connection, answer it, repeat, until SIGTERM or SIGINT.
+        """A forked server process: accept one connection, answer it, repeat, until SIGTERM.
 
         A blocking accept() on the shared socket: the kernel wakes one waiting process per
-        connection, so connections go to idle processes only. A stop signal while answering
-        lets the answer finish."""
+        connection, so connections go to idle processes only. SIGTERM while answering lets the
+        answer finish. SIGINT (Ctrl+C reaches the whole process group) is the parent's to act
+        on: it stops every process with SIGTERM, none is restarted on the way."""
         busy = stopping = False
 
         def stop(*_: object) -> None:
@@ -454,7 +455,7 @@ class LocalApi:
                 raise _Stop
 
         signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         server = self._server
         try:
             while not stopping:

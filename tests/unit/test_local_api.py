@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -242,18 +243,38 @@ def _children(pid: int) -> set[int]:
     return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads children from /proc")
-def test_pre_forked_processes_are_replaced_and_finish_their_request_on_sigterm() -> None:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "devtools.local_api", "--template", str(TEMPLATE),
-                               "--port", str(port), "--processes", "3"], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
+@contextlib.contextmanager
+def pre_forked_server(folder: Path, processes: int, *, ignore_sigint: bool = False
+                      ) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """`python -m devtools.local_api --processes N` in its own process group, once all N answer;
+    ignore_sigint starts it as a shell starts a background job (SIGINT ignored)."""
+    port, console = free_port(), folder / "console.log"
+    command = [sys.executable, "-m", "devtools.local_api", "--template", str(TEMPLATE), "--port", str(port),
+               "--processes", str(processes)]
+    if ignore_sigint:
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+    with console.open("wb") as output:
+        server = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
-        while len(_children(server.pid)) < 3 or not _answers(url):
-            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()
+        while len(_children(server.pid)) < processes or not _answers(url):
+            assert server.poll() is None and time.monotonic() < deadline, console.read_text()
             time.sleep(0.1)
+        yield server, url, console
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def console_records(console: Path) -> list[dict]:
+    return [json.loads(line) for line in console.read_text().splitlines()]  # JSON lines only
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads children from /proc")
+def test_pre_forked_processes_are_replaced_and_finish_their_request_on_sigterm(tmp_path: Path) -> None:
+    with pre_forked_server(tmp_path, 3) as (server, url, console):
         with ThreadPoolExecutor(max_workers=12) as pool:  # three at once, each in its own process
             ids = list(pool.map(lambda n: _get_json(f"{url}/api/v1/tasks/{n}?hold=0.05")["event"]["pathParameters"]["id"],
                                 range(24)))
@@ -261,8 +282,9 @@ def test_pre_forked_processes_are_replaced_and_finish_their_request_on_sigterm()
 
         killed = min(_children(server.pid))
         os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 10
         while killed in _children(server.pid) or len(_children(server.pid)) < 3:
-            assert time.monotonic() < deadline + 10
+            assert time.monotonic() < deadline
             time.sleep(0.1)
 
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -271,13 +293,30 @@ def test_pre_forked_processes_are_replaced_and_finish_their_request_on_sigterm()
             server.send_signal(signal.SIGTERM)
             assert slow.result()["event"]["pathParameters"]["id"] == "7"  # finished, not cut off
         assert server.wait(10) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-    output = server.stdout.read().decode()
-    records = [json.loads(line) for line in output.splitlines()]  # JSON lines only
-    assert any(f"API process {killed} exited" in record["message"] for record in records)
+    assert any(f"API process {killed} exited" in record["message"] for record in console_records(console))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads children from /proc")
+def test_ctrl_c_stops_every_process_and_restarts_none(tmp_path: Path) -> None:
+    with pre_forked_server(tmp_path, 3) as (server, _, console):
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl+C signals the whole foreground process group
+        assert server.wait(10) == 0
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server.pid, 0)  # no process of the group is left
+    assert not [record for record in console_records(console) if "exited" in record["message"]]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads children from /proc")
+def test_an_ignored_sigint_is_ignored_by_every_process(tmp_path: Path) -> None:
+    # A background job: the server processes used to stop on SIGINT and the parent restarted them.
+    with pre_forked_server(tmp_path, 3, ignore_sigint=True) as (server, url, console):
+        serving = _children(server.pid)
+        os.killpg(server.pid, signal.SIGINT)
+        time.sleep(1)
+        assert (_children(server.pid), _answers(url)) == (serving, True)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+    assert not [record for record in console_records(console) if "exited" in record["message"]]
 
 
 def _answers(url: str) -> bool:
