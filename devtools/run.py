@@ -12,6 +12,7 @@ explicitly (see README), and allows callbacks to local addresses.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -21,11 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = ROOT / "layers" / "common" / "python"
 LOCAL = ROOT / ".local"
+LOG = logging.getLogger("devtools.run")
 EMBEDDED_PORT = int(os.environ.get("AT_EMBEDDED_PG_PORT", "54329"))
 
 # Local defaults; anything already in the environment wins.
 LOCAL_DEFAULTS = {
     "AT_HTTP_ALLOW_PRIVATE": "1",
+    "AT_EMAIL_FROM": "at@localhost",  # e-mail tasks without "from" (the README's first example) go to the outbox
     "AT_OUTBOX_DIR": str(LOCAL / "outbox"),
     "POWERTOOLS_METRICS_DISABLED": "true",
     "POWERTOOLS_TRACE_DISABLED": "true",
@@ -58,8 +61,10 @@ def main() -> None:
     for name, value in LOCAL_DEFAULTS.items():
         os.environ.setdefault(name, value)
     sys.path[:0] = [str(LAYER), str(ROOT / "db")]
+    from devtools.local_api import configure_logging, create_local_api, default_processes
+
+    configure_logging(os.environ["POWERTOOLS_LOG_LEVEL"].upper(), service="local-run")
     server = _start_database()
-    from devtools.local_api import create_local_api
     from devtools.openapi import docs_routes
     from migrate import migrate_configured_database
 
@@ -69,9 +74,9 @@ def main() -> None:
         ROOT / "template.yaml", port=int(os.environ.get("API_PORT", "8080")), extra_routes=docs_routes()
     )
     signal.signal(signal.SIGTERM, _interrupt)
-    print(f"AT is running: API on {api.url}, docs on {api.url}/docs (Ctrl+C stops it)", file=sys.stderr, flush=True)
+    LOG.info("AT is running: API on %s, docs on %s/docs (Ctrl+C stops it)", api.url, api.url)
     try:
-        api.serve_forever(processes=int(os.environ.get("AT_API_PROCESSES") or os.cpu_count() or 1))
+        api.serve_forever(processes=int(os.environ.get("AT_API_PROCESSES") or default_processes()))
     except KeyboardInterrupt:
         pass
     finally:

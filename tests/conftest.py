@@ -21,7 +21,7 @@ import pytest
 
 from devtools.support.database import empty_every_table
 from devtools.support.functions import ROOT
-from devtools.support.http import free_port, request
+from devtools.support.http import free_port
 
 
 class Database:
@@ -137,29 +137,58 @@ def sql(database_server: Database, database: str) -> Iterator[pg8000.native.Conn
 # --- the local run, for the end-to-end tests -----------------------------------------------------
 
 
+class LocalRun(str):
+    """The base URL of a running local run; .console is the file its stdout and stderr go to,
+    .outbox its AT_OUTBOX_DIR."""
+
+    console: Path
+    outbox: Path
+
+
 @pytest.fixture(scope="module")
-def api(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def api(database: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LocalRun]:
     """`python -m devtools.run` (what `make run` starts) as a real process, serving the test
-    database; yields its base URL. One per test module."""
+    database with make run's defaults; yields its base URL. One per test module. Its console goes
+    to a file (a pipe nobody reads would block it), shown when a test of the module fails."""
     port = free_port()
-    outbox = tmp_path_factory.mktemp("outbox")
-    env = os.environ | {"API_PORT": str(port), "AT_OUTBOX_DIR": str(outbox), "POWERTOOLS_LOG_LEVEL": "WARNING",
-                        "AT_RETRY_BASE_SECONDS": "0.05"}
-    env.pop("AT_AWS_DELIVERY", None)
-    process = subprocess.Popen([sys.executable, "-m", "devtools.run"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
+    folder = tmp_path_factory.mktemp("local-run")
+    run = LocalRun(f"http://127.0.0.1:{port}")
+    run.console, run.outbox = folder / "console.log", folder / "outbox"
+    env = os.environ | {"API_PORT": str(port), "AT_OUTBOX_DIR": str(run.outbox), "AT_RETRY_BASE_SECONDS": "0.05"}
+    for name in ("AT_AWS_DELIVERY", "AT_EMAIL_FROM", "POWERTOOLS_LOG_LEVEL"):
+        env.pop(name, None)
+    with run.console.open("wb") as console:
+        process = subprocess.Popen([sys.executable, "-m", "devtools.run"], cwd=ROOT, env=env,
+                                   stdout=console, stderr=subprocess.STDOUT)
+
+    def console_tail(lines: int = 60) -> str:
+        return "\n".join(run.console.read_text(errors="replace").splitlines()[-lines:])
+
     deadline = time.monotonic() + 60
     while True:
         try:
-            if request("GET", f"{base}/health")[0] == 200:
-                break
+            with urllib.request.urlopen(f"{run}/health", timeout=5) as health:
+                if health.status == 200:
+                    break
         except OSError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"local run did not start: {process.stderr.read().decode()[-2000:]}")
+            process.wait()
+            raise RuntimeError(f"local run did not start:\n{console_tail()}")
         time.sleep(0.2)
-    yield base
+    failed_before = request.session.testsfailed
+    yield run
     process.terminate()
-    process.wait(30)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if request.session.testsfailed > failed_before:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        text = f"--- the local run's console ({run.console}), last lines ---\n{console_tail()}"
+        if reporter is not None:
+            reporter.write_line(text)
+        else:
+            print(text, file=sys.stderr)

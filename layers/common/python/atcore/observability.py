@@ -5,6 +5,7 @@ Service name and namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRIC
 """
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 
 from aws_lambda_powertools import Logger, Metrics
@@ -52,6 +53,10 @@ else:
 
 
 _METRICS_DISABLED = is_metrics_disabled()
+if _METRICS_DISABLED:
+    # With metrics disabled (the local run) nothing is ever published, yet log_metrics warns after
+    # every invocation that added none. On AWS metrics are enabled and the warning still shows.
+    warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 
 
 def add_metric(name: str, unit: MetricUnit, value: float) -> None:
