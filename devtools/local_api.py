@@ -57,6 +57,8 @@ from samcli.local.apigw.local_apigw_service import LocalApigwService
 from samcli.local.lambdafn.exceptions import FunctionNotFound
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from devtools.lifetime import die_with_parent
+
 LOG = logging.getLogger("devtools.local_api")  # not __main__ under python -m
 
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -425,11 +427,13 @@ class LocalApi:
             self._server.server_close()
 
     def _fork_server(self) -> int:
+        parent = os.getpid()
         pid = os.fork()
         if pid:
             return pid
         code = 1
         try:
+            die_with_parent(parent)
             self._serve_one_at_a_time()
             code = 0
         except BaseException:

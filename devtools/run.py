@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devtools.lifetime import die_with_parent
+
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = ROOT / "layers" / "common" / "python"
 LOCAL = ROOT / ".local"
@@ -50,7 +52,10 @@ def _start_database() -> object | None:
 
 def _start_engines(count: int) -> list[subprocess.Popen]:
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(LAYER), str(ROOT)])}
-    return [subprocess.Popen([sys.executable, "-m", "devtools.engine"], cwd=ROOT, env=env) for _ in range(count)]
+    parent = os.getpid()
+    return [subprocess.Popen([sys.executable, "-m", "devtools.engine"], cwd=ROOT, env=env,
+                             preexec_fn=lambda: die_with_parent(parent))
+            for _ in range(count)]
 
 
 def _interrupt(*_: object) -> None:

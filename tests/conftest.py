@@ -6,12 +6,15 @@ that server and creates a fresh database on it for this run (dropped at the end)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,7 +162,7 @@ def api(database: str, tmp_path_factory: pytest.TempPathFactory, request: pytest
         env.pop(name, None)
     with run.console.open("wb") as console:
         process = subprocess.Popen([sys.executable, "-m", "devtools.run"], cwd=ROOT, env=env,
-                                   stdout=console, stderr=subprocess.STDOUT)
+                                   stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
 
     def console_tail(lines: int = 60) -> str:
         return "\n".join(run.console.read_text(errors="replace").splitlines()[-lines:])
@@ -185,6 +188,10 @@ def api(database: str, tmp_path_factory: pytest.TempPathFactory, request: pytest
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    # Whatever is left of its process group (API servers, engines) must not outlive this module:
+    # an engine left running would claim the next tests' tasks.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
     if request.session.testsfailed > failed_before:
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         text = f"--- the local run's console ({run.console}), last lines ---\n{console_tail()}"

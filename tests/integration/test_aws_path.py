@@ -52,22 +52,23 @@ def slow_ok(_task: int, _attempt: int) -> int:
 
 
 def test_a_backlog_longer_than_the_lease_runs_every_task_once_and_fails_none(sql):
-    # GIVEN 300 tasks due at once with one attempt each, 100 ms callbacks, and 2 workers of batch 5:
-    # the backlog takes several times the 1 s lease to drain.
+    # GIVEN 600 tasks due at once with one attempt each, 100 ms callbacks, and 2 workers of batch 5:
+    # the backlog takes twice the 3 s lease to drain, or more (the lease leaves an attempt room
+    # for a busy machine: at 1 s, one callback in a few hundred outlived it and failed).
     with HttpSink(slow_ok) as sink:
-        ids = insert_due_callbacks(sql, 300, sink.url, max_attempts=1)
-        overrides = {"AT_LEASE_SECONDS": "1", "AT_DISPATCH_RUN_SECONDS": "12", "POWERTOOLS_LOG_LEVEL": "WARNING"}
+        ids = insert_due_callbacks(sql, 600, sink.url, max_attempts=1)
+        overrides = {"AT_LEASE_SECONDS": "3", "AT_DISPATCH_RUN_SECONDS": "20", "POWERTOOLS_LOG_LEVEL": "WARNING"}
         with AwsTopology(database_env(), overrides=overrides, max_concurrency=2) as aws:
             # WHEN the dispatcher's scheduled invocation hands them over and the workers run them
             dispatching = aws.dispatch_in_background()
-            wait_for(lambda: statuses(sql).get(("completed", 1)) == 300 or statuses(sql).get(("failed", 1)),
-                     timeout=90)
+            wait_for(lambda: statuses(sql).get(("completed", 1)) == 600 or statuses(sql).get(("failed", 1)),
+                     timeout=120)
             dispatching.join(30)
             depth, dead = aws.queue_depths()
             stats = aws.mapping.stats
         arrivals = sink.by_task()
     # THEN every task ran exactly once, attempt 1, and completed; nothing waits or went to the DLQ
-    assert statuses(sql) == {("completed", 1): 300}
+    assert statuses(sql) == {("completed", 1): 600}
     assert sorted(arrivals) == ids
     assert all([a.attempt for a in arrivals[task_id]] == [1] for task_id in ids)
     assert (depth, dead) == (0, 0)

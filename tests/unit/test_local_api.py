@@ -307,6 +307,27 @@ def test_ctrl_c_stops_every_process_and_restarts_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads children from /proc")
+def test_server_processes_end_when_the_parent_is_killed_outright(tmp_path: Path) -> None:
+    # A SIGKILLed `make run` (a closed terminal) must not leave servers, or engines, running.
+    with pre_forked_server(tmp_path, 3) as (server, _, _console):
+        servers = _children(server.pid)
+        assert len(servers) == 3
+        server.kill()
+        server.wait(10)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in servers):
+            assert time.monotonic() < deadline, [pid for pid in servers if Path(f"/proc/{pid}").exists()]
+            time.sleep(0.1)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads children from /proc")
 def test_an_ignored_sigint_is_ignored_by_every_process(tmp_path: Path) -> None:
     # A background job: the server processes used to stop on SIGINT and the parent restarted them.
     with pre_forked_server(tmp_path, 3, ignore_sigint=True) as (server, url, console):
