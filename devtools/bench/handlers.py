@@ -35,7 +35,8 @@ class Operation:
     """One API operation: its handler call and the raw SQL call it boils down to."""
 
     def __init__(self, op: str, raw: pg8000.native.Connection, fresh_ids: list[int]) -> None:
-        from atcore.repository import WAKE_HORIZON_SECONDS
+        from atcore.api import PAGE_BUDGET
+        from atcore.models import CANCELLABLE_STATUSES
         from atcore.sql import query
 
         self.name = op
@@ -51,12 +52,13 @@ class Operation:
                 "task_type": body["task_type"],
                 "payload": json.dumps(body["payload"], ensure_ascii=False, allow_nan=False),
                 "max_attempts": body["max_attempts"],
-                "wake_horizon_seconds": WAKE_HORIZON_SECONDS,
             }
         elif op == "list":
             q = self.event["queryStringParameters"]
-            self.params = {"status": q["status"], "task_type": q["task_type"], "limit": int(q["limit"]),
-                           "offset": int(q["offset"])}  # fmt: skip
+            self.params = {"status": q["status"], "task_type": q["task_type"], "limit": int(q["limit"]) + 1,
+                           "offset": int(q["offset"]), "before_id": None, "max_bytes": PAGE_BUDGET}  # fmt: skip
+        elif op == "cancel":
+            self.params = {"id": int(self.event["pathParameters"]["id"]), "cancellable": sorted(CANCELLABLE_STATUSES)}
         else:
             self.params = {"id": int(self.event["pathParameters"]["id"])}
 
@@ -75,7 +77,7 @@ class Operation:
         return elapsed
 
     def call_raw(self) -> float:
-        params = {"id": self.fresh_ids.pop()} if self.name == "cancel" else self.params
+        params = self.params | {"id": self.fresh_ids.pop()} if self.name == "cancel" else self.params
         began = time.perf_counter()
         rows = self.raw.run(self.sql, **params)
         elapsed = time.perf_counter() - began
@@ -85,7 +87,7 @@ class Operation:
     def call_raw_preparsed(self) -> float:
         """run() minus its Python pass that turns :name into $n (done once, outside the timing):
         the least any pg8000 caller can spend on this statement."""
-        params = {"id": self.fresh_ids.pop()} if self.name == "cancel" else self.params
+        params = self.params | {"id": self.fresh_ids.pop()} if self.name == "cancel" else self.params
         statement, make_values = _parsed(self.sql)
         began = time.perf_counter()
         rows = self.raw.execute_unnamed(statement, make_values(params), oids=()).rows

@@ -10,7 +10,7 @@ import time
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from atcore import db, execution
+from atcore import db, execution, execution_repository
 from atcore.dispatcher import Dispatcher
 from atcore.observability import logger, metrics, tracer
 from atcore.task_queue import TaskQueueOutlet
@@ -27,7 +27,7 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     started = time.monotonic()
     settings = execution.execution_settings()
     with db.connection() as conn:
-        age = execution.oldest_due_age_seconds(conn)
+        age = execution_repository.oldest_due_age_seconds(conn)
     metrics.add_metric(name="OldestDueTaskAgeSeconds", unit=MetricUnit.Seconds, value=age)
 
     def keep_running() -> bool:

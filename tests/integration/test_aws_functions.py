@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from atcore import config, db, env, execution, service
+from atcore import config, db, env, execution, execution_repository, service
 from atcore.executors import aws, http_transport
 from atcore.models import CreateTaskRequest
 from atcore.task_queue import TaskQueueOutlet
@@ -354,7 +354,7 @@ def test_worker_skips_attempts_that_are_no_longer_current(sql, queue, dispatcher
         # Another delivery of the same message already started it; and the third was moved to later
         # (a reschedule clears the hand-off; the next one's message will carry its new due time).
         with db.connection() as conn:
-            execution.start_attempts(conn, [execution.AttemptRef(id=started, attempt=1)], LEASE_SECONDS)
+            execution_repository.start_attempts(conn, [execution.AttemptRef(id=started, attempt=1)], LEASE_SECONDS)
         sql.run("UPDATE scheduled_tasks SET execute_at = now() + interval '1 hour' WHERE id = :id", id=rescheduled)
         before = {task_id: task_row(sql, task_id) for task_id in (cancelled, started, rescheduled)}
 

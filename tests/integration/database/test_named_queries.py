@@ -27,9 +27,9 @@ TABLE = "scheduled_tasks"
 SQL_DIR = ROOT / "layers" / "common" / "python" / "atcore" / "sql"
 
 EXPECTED_PARAMETERS = {
-    "create_task": ["execute_at", "task_type", "payload", "max_attempts", "wake_horizon_seconds"],
+    "create_task": ["execute_at", "task_type", "payload", "max_attempts"],
     "get_task": ["id"],
-    "cancel_task": ["id"],
+    "cancel_task": ["id", "cancellable"],
     "task_status": ["id"],
     "ping": [],
     "list_tasks": ["status", "task_type", "before_id", "limit", "offset", "max_bytes"],
@@ -151,27 +151,29 @@ def test_list_tasks_query_filters_by_status_and_type(sql, through):
 
     def execute(text, **params):
         if through == "pg8000":
-            return sql.run(text, **params)
+            rows = sql.run(text, **params)
+            return [dict(zip([column["name"] for column in sql.columns], row, strict=True)) for row in rows]
         with db.connection() as conn:  # the product's connection (pointed at this database by `database`)
-            return conn.run(text, **params)
+            return conn.run_dicts(text, **params)
 
     def run(status=None, task_type=None, limit=50, offset=0, before_id=None, max_bytes=10**6):
         rows = execute(query("list_tasks"), status=status, task_type=task_type, before_id=before_id, limit=limit,
                        offset=offset, max_bytes=max_bytes)
-        return rows[0][0], [row[1] for row in rows if row[1] is not None], rows
+        return rows[0]["total"], [row["page_id"] for row in rows if row["page_id"] is not None], rows
 
     total, listed, _ = run()
     assert total == 7 and listed == sorted((i for v in ids.values() for i in v), reverse=True)
     total, listed, rows = run(status="completed")
     assert total == 2 and listed == sorted(ids[("completed", "a")] + ids[("completed", "b")], reverse=True)
-    assert {row[5] for row in rows} == {"completed"}
+    assert {row["status"] for row in rows} == {"completed"}
     assert run(task_type="b")[:2] == (3, sorted(ids[("pending", "b")] + ids[("failed", "b")] + ids[("completed", "b")], reverse=True))
     assert run(status="pending", task_type="a")[:2] == (1, ids[("pending", "a")])
     assert run(status="failed", task_type="a")[:2] == (0, [])
     total, listed, rows = run(limit=2, offset=6)
     assert (total, len(listed)) == (7, 1)
     total, listed, rows = run(offset=100)  # past the end: the total, and one row of NULLs
-    assert (total, listed) == (7, []) and len(rows) == 1 and set(rows[0][1:]) == {None}
+    assert (total, listed) == (7, []) and len(rows) == 1
+    assert {value for name, value in rows[0].items() if name != "total"} == {None}
     everything = sorted((i for v in ids.values() for i in v), reverse=True)
     assert run(before_id=everything[2])[:2] == (7, everything[3:])  # a cursor's page: below its id; same total
     b_tasks = sorted(ids[("pending", "b")] + ids[("failed", "b")] + ids[("completed", "b")], reverse=True)
@@ -179,33 +181,48 @@ def test_list_tasks_query_filters_by_status_and_type(sql, through):
     assert run(before_id=min(everything))[:2] == (7, [])
     # Rows after the first max_bytes of payload text come back as their id alone, in order.
     total, listed, rows = run(max_bytes=1)
-    assert (total, listed) == (7, everything) and rows[0][4] is not None
-    assert all(row[2:] == [None] * 10 for row in rows[1:])
+    assert (total, listed) == (7, everything) and rows[0]["payload"] is not None
+    assert all({value for name, value in row.items() if name not in ("total", "page_id")} == {None} for row in rows[1:])
     payload_bytes = sql.run("SELECT octet_length(payload::text) FROM scheduled_tasks WHERE id = :id", id=everything[0])
     rows = run(max_bytes=payload_bytes[0][0] + 1)[2]
-    assert [row[4] is not None for row in rows] == [True, True] + [False] * 5
+    assert [row["payload"] is not None for row in rows] == [True, True] + [False] * 5
 
 
 @pytest.mark.parametrize("payload", [{"a": [1, "x"]}, "text", 42, [None], True])
 def test_create_task_query_stores_the_payload_as_json_not_as_a_string(sql, payload):
     rows = sql.run(query("create_task"), execute_at="2099-01-01T00:00:00Z", task_type="t",
-                   payload=json.dumps(payload), max_attempts=3, wake_horizon_seconds=1.0)
+                   payload=json.dumps(payload), max_attempts=3)
     assert rows[0][3] == payload
     kinds = {dict: "object", str: "string", int: "number", list: "array", bool: "boolean"}
     assert sql.run("SELECT jsonb_typeof(payload) FROM scheduled_tasks WHERE id = :id", id=rows[0][0]) == [[kinds[type(payload)]]]
 
 
-def test_create_task_query_wakes_the_dispatcher_only_for_tasks_due_soon(sql, database_server, database):
+def test_a_task_written_due_soon_wakes_the_dispatcher_whatever_writes_it(sql, database_server, database):
     listener = database_server.connect(database)
     try:
         listener.run("LISTEN at_task_due_soon")
-        args = {"task_type": "t", "payload": "{}", "max_attempts": 3, "wake_horizon_seconds": 5.0}
-        sql.run(query("create_task"), execute_at="2099-01-01T00:00:00Z", **args)
-        listener.run("SELECT 1")
-        assert list(listener.notifications) == []
-        sql.run(query("create_task"), execute_at=sql.run("SELECT now() + interval '2 seconds'")[0][0], **args)
-        listener.run("SELECT 1")
-        assert [channel for _, channel, _ in listener.notifications] == ["at_task_due_soon"]
+        args = {"task_type": "t", "payload": "{}", "max_attempts": 3}
+
+        def notified() -> list[str]:
+            listener.run("SELECT 1")
+            channels = [channel for _, channel, _ in listener.notifications]
+            listener.notifications.clear()
+            return channels
+
+        # A create due later than the wake horizon (1 s) notifies nobody; one due within it does.
+        [[later]] = sql.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
+                            "VALUES (now() + interval '1 hour', 't', '{}') RETURNING id")
+        assert notified() == []
+        sql.run(query("create_task"), execute_at=sql.run("SELECT now() + interval '0.5 seconds'")[0][0], **args)
+        assert notified() == ["at_task_due_soon"]
+        # So does an UPDATE that makes a task due soon (a reschedule, a retry), and not one that doesn't.
+        sql.run("UPDATE scheduled_tasks SET execute_at = now() + interval '2 hours' WHERE id = :id", id=later)
+        assert notified() == []
+        sql.run("UPDATE scheduled_tasks SET execute_at = now() WHERE id = :id", id=later)
+        assert notified() == ["at_task_due_soon"]
+        # A task handed to the queue is not waiting for the dispatcher.
+        sql.run("UPDATE scheduled_tasks SET queued_until = now() + interval '1 minute'")
+        assert notified() == []
     finally:
         listener.close()
 

@@ -13,6 +13,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -63,6 +64,12 @@ class Connection(pg8000.native.Connection):
         statement, make_values = _parsed(sql)
         self._context = self.execute_unnamed(statement, make_values(params), oids=())
         return self._context.rows
+
+    def run_dicts(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        """run(), each row as {column name: value}: models map rows by name, never by position."""
+        rows = self.run(sql, **params)
+        names = [column["name"] for column in self.columns or ()]
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def looks_broken(self) -> bool:
         """An idle connection has nothing to read; a readable one holds an EOF or the server's
@@ -197,6 +204,46 @@ def connection() -> Iterator[Connection]:
         raise
     else:
         _pool.give_back(conn)
+
+
+class NotificationListener:
+    """A connection of its own that LISTENs (`listen_sql`) and waits for a notification.
+
+    Only the dispatcher listens: a LISTEN pins its RDS Proxy connection, and it holds just one.
+    pg8000 has no blocking wait for notifications; its socket turns readable when one arrives.
+    """
+
+    def __init__(self, listen_sql: str) -> None:
+        self._listen_sql = listen_sql
+        self._conn: Connection | None = None
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds; True when a notification arrived. A lost connection is
+        reopened on the next call and meanwhile waited out, so the caller's loop keeps its pace."""
+        if timeout <= 0:
+            return False
+        try:
+            conn = self._connection()
+            readable, _, _ = select.select([conn._usock], [], [], timeout)
+            if readable:
+                conn.run("SELECT 1")  # reads the notification (and any others) off the wire
+                conn.notifications.clear()
+            return bool(readable)
+        except (DatabaseUnavailable, OSError, InterfaceError, DriverDatabaseError):
+            self.close()
+            time.sleep(timeout)
+            return False
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = open_connection(database_settings())
+            self._conn.run(self._listen_sql)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            close_quietly(self._conn)
+            self._conn = None
 
 
 def reset() -> None:

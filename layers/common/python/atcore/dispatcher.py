@@ -1,30 +1,27 @@
 """The dispatcher loop: hand every due task to an outlet the moment it falls due.
 
 It never waits for a fixed poll tick: after each pass it sleeps until the next task is due, a
-lease or a hand-off expires (PostgreSQL says when), at most WAKE_HORIZON_SECONDS, and a LISTEN
-connection wakes it early when a task due sooner than that is created. It claims only what its
+lease or a hand-off expires (PostgreSQL says when), at most the wake horizon (migration 0006),
+and a LISTEN connection wakes it early when a task due sooner than that is written. It claims only what its
 outlet has room for, so tasks wait in the table, oldest due first, never in a queue behind it.
 Any number of dispatchers may run at once: claims use SKIP LOCKED.
 """
 
 from __future__ import annotations
 
-import select
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from atcore import db, execution
-from atcore.config import database_settings
+from atcore import db, execution, execution_repository
 from atcore.errors import DatabaseUnavailable
 from atcore.execution import ExecutionSettings
 from atcore.observability import logger
-from atcore.repository import WAKE_HORIZON_SECONDS
 from atcore.sql import query
 
 RECOVERY_INTERVAL_SECONDS = 1.0
-RETENTION_BATCH_SIZE = 1000
 MIN_PASS_INTERVAL_SECONDS = 0.01
+RETRY_AFTER_FAILURE_SECONDS = 1.0
 
 
 class Outlet(Protocol):
@@ -44,53 +41,18 @@ class Outlet(Protocol):
     def deliver(self, claimed: Sequence[object]) -> None: ...
 
 
-class DueSoonListener:
-    """A dedicated connection LISTENing for 'a task due soon was created'."""
-
-    def __init__(self) -> None:
-        self._conn: db.Connection | None = None
-
-    def wait(self, timeout: float) -> None:
-        if timeout <= 0:
-            return
-        try:
-            conn = self._connection()
-            # pg8000 has no blocking wait for notifications; its socket turns readable when one arrives.
-            readable, _, _ = select.select([conn._usock], [], [], timeout)
-            if readable:
-                conn.run("SELECT 1")  # reads the notification (and any others) off the wire
-                conn.notifications.clear()
-        except (DatabaseUnavailable, OSError, db.InterfaceError):
-            self.close()
-            time.sleep(min(timeout, WAKE_HORIZON_SECONDS))
-
-    def _connection(self) -> db.Connection:
-        if self._conn is None:
-            self._conn = db.open_connection(database_settings())
-            self._conn.run(query("listen_for_due_soon"))
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            db.close_quietly(self._conn)
-            self._conn = None
-
-
 class Dispatcher:
     def __init__(self, outlet: Outlet, settings: ExecutionSettings | None = None) -> None:
         self._outlet = outlet
         self._settings = settings or execution.execution_settings()
-        self._listener = DueSoonListener()
+        self._listener = db.NotificationListener(query("listen_for_due_soon"))
         self._next_recovery = 0.0
 
     def run_once(self) -> float:
         """Recover expired leases and hand-offs, claim and deliver what is due; returns seconds to sleep."""
         with db.connection() as conn:
             if time.monotonic() >= self._next_recovery:  # leases last seconds: once a second is enough
-                execution.recover_expired_leases(conn)
-                execution.recover_expired_handoffs(conn)
-                # Retention rides along: one small batch a second keeps up with 86 million a day.
-                execution.delete_expired_tasks(conn, self._settings.retention_days, RETENTION_BATCH_SIZE)
+                execution.housekeeping(conn, self._settings)
                 self._next_recovery = time.monotonic() + RECOVERY_INTERVAL_SECONDS
             while (room := min(self._outlet.room(conn), self._settings.claim_batch_size)) > 0:
                 claimed = self._outlet.claim(conn, room)
@@ -100,12 +62,10 @@ class Dispatcher:
                     break
             else:
                 return self._outlet.full_wait_seconds  # the outlet is full: look again soon
-            wake_in = execution.seconds_until_next_wake(conn)
-        if wake_in is None:
-            return WAKE_HORIZON_SECONDS
+            wake_in = execution_repository.seconds_until_next_wake(conn)  # at most the wake horizon
         # While tasks fall due back to back, a pass per task would spend more on its three
         # statements than on the tasks: passes are at least MIN_PASS_INTERVAL apart.
-        return max(MIN_PASS_INTERVAL_SECONDS, min(wake_in, WAKE_HORIZON_SECONDS))
+        return max(MIN_PASS_INTERVAL_SECONDS, wake_in)
 
     def run(self, keep_running: Callable[[], bool]) -> None:
         try:
@@ -114,10 +74,10 @@ class Dispatcher:
                     sleep_for = self.run_once()
                 except DatabaseUnavailable:
                     logger.warning("Dispatcher cannot reach the database; retrying")
-                    sleep_for = WAKE_HORIZON_SECONDS
+                    sleep_for = RETRY_AFTER_FAILURE_SECONDS
                 except Exception:  # noqa: BLE001 - the loop must outlive one bad pass; claims recover by lease
                     logger.exception("Dispatcher pass failed; retrying")
-                    sleep_for = WAKE_HORIZON_SECONDS
+                    sleep_for = RETRY_AFTER_FAILURE_SECONDS
                 self._listener.wait(sleep_for)
         finally:
             self._listener.close()

@@ -1,9 +1,10 @@
-"""Running tasks: claim what is due, start an attempt, execute it by task_type, record the outcome.
+"""Running tasks: the rules (deadlines, backoff, batches) and what the engine says about them.
 
 Two transports share these rules. The local engine claims and starts attempts in one statement,
 only as many as it has idle workers. On AWS the dispatcher hands tasks to SQS without starting
 them (`hand_over_due`) and the worker starts them (`run_batch`): a task waiting in the queue is
-still pending, so waiting can never cost it an attempt, its lease or a second run.
+still pending, so waiting can never cost it an attempt, its lease or a second run. The SQL is in
+atcore.execution_repository; the functions here add the log lines and metrics.
 """
 
 from __future__ import annotations
@@ -13,26 +14,31 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, Field
 
 from atcore import db, executors
+from atcore import execution_repository as repository
 from atcore.db import Connection
 from atcore.env import settings_reader
 from atcore.errors import DatabaseUnavailable
+from atcore.execution_repository import AttemptRef, ClaimedTask, Outcome
 from atcore.executors import ExecutionError
 from atcore.executors.settings import http_timeout_seconds
 from atcore.observability import add_metric, logger
-from atcore.sql import query
+
+__all__ = ["AttemptRef", "ClaimedTask", "ExecutionSettings", "Outcome"]
 
 _ERROR_MESSAGE_LIMIT = 1000
 # An attempt ends before its lease does (so recovery never races a live attempt), and a worker
 # keeps this much of its invocation for recording outcomes.
 _LEASE_SHARE_FOR_EXECUTION = 0.8
 RECORDING_MARGIN_SECONDS = 3.0
+# Housekeeping, once a second: expired leases and hand-offs, and retention (a batch a second keeps
+# up with 86 million finished tasks a day).
+HOUSEKEEPING_BATCH_SIZE = 1000
 
 
 class ExecutionSettings(BaseModel):
@@ -65,47 +71,9 @@ class ExecutionSettings(BaseModel):
 execution_settings = settings_reader(ExecutionSettings)
 
 
-class AttemptRef(BaseModel):
-    """An attempt a queue message names: task `id`, attempt number `attempt`."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: int
-    attempt: int
-
-
-class ClaimedTask(BaseModel):
-    """One started attempt of a task, held under a lease by whoever started it."""
-
-    id: int
-    task_type: str
-    payload: Any
-    attempt: int
-    max_attempts: int
-    execute_at: datetime
-    claimed_at: datetime
-
-
-class Outcome(BaseModel):
-    task_id: int
-    attempt: int
-    succeeded: bool
-    error: str | None = None
-    retry_in_seconds: float | None = None  # None: do not retry
-    lateness_seconds: float = 0.0  # started minus execute_at, for the metric
-
-
-_CLAIMED_COLUMNS = ("id", "task_type", "payload", "attempt", "max_attempts", "execute_at", "claimed_at")
-
-
-def _claimed(row: list) -> ClaimedTask:
-    return ClaimedTask.model_validate(dict(zip(_CLAIMED_COLUMNS, row, strict=True)))
-
-
 def claim_due(conn: Connection, batch_size: int, lease_seconds: float) -> list[ClaimedTask]:
     """Claim due tasks and start their attempts (the local engine: its workers are idle)."""
-    rows = conn.run(query("claim_due_tasks"), batch_size=batch_size, lease_seconds=lease_seconds)
-    tasks = sorted((_claimed(row) for row in rows), key=lambda task: task.execute_at)
+    tasks = repository.claim_due(conn, batch_size, lease_seconds)
     if tasks:
         add_metric("TasksClaimed", MetricUnit.Count, len(tasks))
         logger.info("Tasks claimed", extra={"task_ids": [task.id for task in tasks]})
@@ -114,35 +82,36 @@ def claim_due(conn: Connection, batch_size: int, lease_seconds: float) -> list[C
 
 def hand_over_due(conn: Connection, batch_size: int, handoff_seconds: float) -> list[AttemptRef]:
     """Reserve due tasks for the queue, oldest due first, without starting them."""
-    rows = conn.run(query("hand_over_due_tasks"), batch_size=batch_size, handoff_seconds=handoff_seconds)
-    refs = [AttemptRef(id=task_id, attempt=attempt) for task_id, attempt, _ in sorted(rows, key=lambda r: r[2])]
+    refs = repository.hand_over_due(conn, batch_size, handoff_seconds)
     if refs:
         add_metric("TasksHandedOver", MetricUnit.Count, len(refs))
         logger.info("Tasks handed over", extra={"task_ids": [ref.id for ref in refs]})
     return refs
 
 
-def count_queued(conn: Connection) -> int:
-    return int(conn.run(query("count_queued"))[0][0])
-
-
-def start_attempts(conn: Connection, refs: Sequence[AttemptRef], lease_seconds: float) -> list[ClaimedTask]:
-    """Start the attempts queue messages name; those no longer current (cancelled, rescheduled,
-    started by a duplicate message) are left out."""
-    if not refs:
-        return []
-    rows = conn.run(query("start_attempts"), ids=[r.id for r in refs], attempts=[r.attempt for r in refs],
-                    lease_seconds=lease_seconds)
-    return [_claimed(row) for row in rows]
-
-
 def release_handoffs(conn: Connection, refs: Sequence[AttemptRef]) -> int:
     """Give back hand-offs that never reached a worker; returns how many were released."""
-    if not refs:
-        return 0
-    rows = conn.run(query("release_handoffs"), ids=[r.id for r in refs], attempts=[r.attempt for r in refs])
-    logger.warning("Hand-offs released", extra={"task_ids": [row[0] for row in rows]})
-    return len(rows)
+    released = repository.release_handoffs(conn, refs)
+    if released:
+        logger.warning("Hand-offs released", extra={"task_ids": released})
+    return len(released)
+
+
+def record_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> dict[int, str]:
+    """Write outcomes in one statement; returns {task_id: new status} for the rows that were
+    still current. Missing ids were cancelled or re-claimed meanwhile and keep that state."""
+    statuses = repository.record_outcomes(conn, outcomes)
+    _count_outcomes(statuses.values())
+    # One line per batch, not per task: at thousands of tasks a second a line each cost a fifth of
+    # the worker's CPU. Each failure has its own WARNING line from the executor, with the details.
+    # "superseded": cancelled or re-claimed meanwhile; the newer state was kept.
+    by_status: dict[str, list[int]] = {}
+    for outcome in outcomes:
+        add_metric("LatenessSeconds", MetricUnit.Seconds, outcome.lateness_seconds)
+        by_status.setdefault(statuses.get(outcome.task_id, "superseded"), []).append(outcome.task_id)
+    if by_status:
+        logger.info("Task outcomes recorded", extra={"task_ids_by_status": by_status})
+    return statuses
 
 
 def backoff_seconds(attempt: int, settings: ExecutionSettings) -> float:
@@ -184,32 +153,6 @@ def execute(task: ClaimedTask, deadline: float | None = None) -> Outcome:
     return outcome
 
 
-def record_outcomes(conn: Connection, outcomes: list[Outcome]) -> dict[int, str]:
-    """Write outcomes in one statement; returns {task_id: new status} for the rows that were
-    still current. Missing ids were cancelled or re-claimed meanwhile and keep that state."""
-    if not outcomes:
-        return {}
-    rows = conn.run(
-        query("record_outcomes"),
-        ids=[o.task_id for o in outcomes],
-        attempts=[o.attempt for o in outcomes],
-        succeeded=[o.succeeded for o in outcomes],
-        errors=[o.error for o in outcomes],
-        retry_in_seconds=[o.retry_in_seconds for o in outcomes],
-    )
-    statuses = {task_id: status for task_id, status, _attempts in rows}
-    _count_outcomes(statuses.values())
-    # One line per batch, not per task: at thousands of tasks a second a line each cost a fifth of
-    # the worker's CPU. Each failure has its own WARNING line from the executor, with the details.
-    # "superseded": cancelled or re-claimed meanwhile; the newer state was kept.
-    by_status: dict[str, list[int]] = {}
-    for outcome in outcomes:
-        add_metric("LatenessSeconds", MetricUnit.Seconds, outcome.lateness_seconds)
-        by_status.setdefault(statuses.get(outcome.task_id, "superseded"), []).append(outcome.task_id)
-    logger.info("Task outcomes recorded", extra={"task_ids_by_status": by_status})
-    return statuses
-
-
 def _count_outcomes(statuses: Any) -> None:
     names = {"completed": "TasksCompleted", "pending": "TasksRetried", "failed": "TasksFailed"}
     counts: dict[str, int] = {}
@@ -219,38 +162,36 @@ def _count_outcomes(statuses: Any) -> None:
         add_metric(name, unit=MetricUnit.Count, value=count)
 
 
-def recover_expired_leases(conn: Connection, batch_size: int = 1000) -> list[tuple[int, str]]:
-    rows = conn.run(query("recover_expired_leases"), batch_size=batch_size)
-    if rows:
-        logger.warning("Expired leases recovered", extra={"tasks": [{"task_id": r[0], "status": r[1]} for r in rows]})
-    return [(row[0], row[1]) for row in rows]
+def recover_expired_leases(conn: Connection, batch_size: int = HOUSEKEEPING_BATCH_SIZE) -> list[tuple[int, str]]:
+    recovered = repository.recover_expired_leases(conn, batch_size)
+    if recovered:
+        logger.warning("Expired leases recovered", extra={"tasks": [{"task_id": i, "status": s} for i, s in recovered]})
+    return recovered
 
 
-def recover_expired_handoffs(conn: Connection, batch_size: int = 1000) -> list[int]:
-    rows = conn.run(query("recover_expired_handoffs"), batch_size=batch_size)
-    if rows:
-        logger.warning("Expired hand-offs recovered", extra={"task_ids": [row[0] for row in rows]})
-    return [row[0] for row in rows]
+def recover_expired_handoffs(conn: Connection, batch_size: int = HOUSEKEEPING_BATCH_SIZE) -> list[int]:
+    recovered = repository.recover_expired_handoffs(conn, batch_size)
+    if recovered:
+        logger.warning("Expired hand-offs recovered", extra={"task_ids": recovered})
+    return recovered
 
 
-def delete_expired_tasks(conn: Connection, retention_days: int, batch_size: int = 1000) -> int:
-    """Delete up to batch_size finished tasks past their retention; returns how many."""
+def delete_expired_tasks(conn: Connection, retention_days: int, batch_size: int = HOUSEKEEPING_BATCH_SIZE) -> int:
+    """Delete up to batch_size finished tasks past their retention (0 days keeps everything)."""
     if retention_days <= 0:
         return 0
-    deleted = len(conn.run(query("delete_expired_tasks"), retention_days=retention_days, batch_size=batch_size))
+    deleted = repository.delete_expired_tasks(conn, retention_days, batch_size)
     if deleted:
         add_metric("TasksDeleted", MetricUnit.Count, deleted)
         logger.info("Finished tasks deleted (retention)", extra={"count": deleted, "retention_days": retention_days})
     return deleted
 
 
-def seconds_until_next_wake(conn: Connection) -> float | None:
-    value = conn.run(query("next_wake"))[0][0]
-    return None if value is None else float(value)
-
-
-def oldest_due_age_seconds(conn: Connection) -> float:
-    return float(conn.run(query("oldest_due_age"))[0][0])
+def housekeeping(conn: Connection, settings: ExecutionSettings) -> None:
+    """What a dispatcher does once a second besides claiming: expired leases and hand-offs, retention."""
+    recover_expired_leases(conn)
+    recover_expired_handoffs(conn)
+    delete_expired_tasks(conn, settings.retention_days)
 
 
 # Worker threads live as long as the execution environment: keep-alive callback connections are
@@ -276,7 +217,7 @@ def run_batch(refs: Sequence[AttemptRef], seconds_left: Callable[[], float]) -> 
         logger.warning("Too little time left to start attempts", extra={"seconds_left": round(seconds_left(), 1)})
         return []
     with db.connection() as conn:
-        tasks = start_attempts(conn, refs, settings.lease_seconds)
+        tasks = repository.start_attempts(conn, refs, settings.lease_seconds)
     if skipped := sorted({r.id for r in refs} - {t.id for t in tasks}):
         logger.info("Attempts no longer current; skipped", extra={"task_ids": skipped})
     if not tasks:

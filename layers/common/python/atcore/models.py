@@ -23,6 +23,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from atcore.text import NO_CONTROL_CHARACTERS_PATTERN, has_control_characters
+
 INT64_MAX = 9_223_372_036_854_775_807
 TASK_TYPE_MAX_LENGTH = 50
 DEFAULT_MAX_ATTEMPTS = 3
@@ -56,8 +58,6 @@ STATUS_CHOICES = ", ".join(TaskStatus)
 # zone-less and week-date forms.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _DIGITS = re.compile(r"[0-9]+")
-# check_task_type's rule as a JSON Schema (ECMA-262) pattern, for the OpenAPI document.
-_NO_CONTROL_CHARACTERS = r"^[^\u0000-\u001f\u007f-\u009f]*$"
 
 
 def format_timestamp(value: datetime) -> str:
@@ -92,17 +92,12 @@ def require_future(value: datetime) -> datetime:
     return value
 
 
-def _has_control_characters(text: str) -> bool:
-    # C0, DEL and C1 controls, and lone surrogates (which PostgreSQL cannot store either).
-    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or 0xD800 <= ord(ch) < 0xE000 for ch in text)
-
-
 def check_task_type(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError("task_type must be a string")
     if not 1 <= len(value) <= TASK_TYPE_MAX_LENGTH:
         raise ValueError(f"task_type must be 1 to {TASK_TYPE_MAX_LENGTH} characters long")
-    if _has_control_characters(value):
+    if has_control_characters(value):
         raise ValueError("task_type must not contain control characters")
     return value
 
@@ -232,7 +227,7 @@ def parse_task_type_filter(value: object) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > TASK_TYPE_MAX_LENGTH:
         raise ValueError(f"task_type must be at most {TASK_TYPE_MAX_LENGTH} characters long")
-    if _has_control_characters(value):  # no task has such a type; and PostgreSQL refuses NUL
+    if has_control_characters(value):  # no task has such a type; and PostgreSQL refuses NUL
         raise ValueError("task_type must not contain control characters")
     return value
 
@@ -264,7 +259,7 @@ TaskTypeFilter = Annotated[
         {
             "type": "string",
             "maxLength": TASK_TYPE_MAX_LENGTH,
-            "pattern": _NO_CONTROL_CHARACTERS,
+            "pattern": NO_CONTROL_CHARACTERS_PATTERN,
             "description": "Exact match.",
         }
     ),
@@ -354,12 +349,12 @@ class CreateTaskRequest(BaseModel):
     execute_at: Annotated[datetime, BeforeValidator(parse_execute_at), AfterValidator(require_future)] = Field(
         description="RFC 3339 date-time with an offset (Z or ±hh:mm), strictly in the future."
     )
-    task_type: Annotated[str, BeforeValidator(check_task_type)] = Field(
-        min_length=1,
-        max_length=TASK_TYPE_MAX_LENGTH,
-        json_schema_extra={"pattern": _NO_CONTROL_CHARACTERS},
-        description="Routes the task to its executor; 1 to 50 characters, no control characters.",
-    )
+    task_type: Annotated[
+        str,
+        BeforeValidator(check_task_type),  # the rule; the schema below only describes it
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": TASK_TYPE_MAX_LENGTH,
+                        "pattern": NO_CONTROL_CHARACTERS_PATTERN}),
+    ] = Field(description="Routes the task to its executor; 1 to 50 characters, no control characters.")
     payload: Annotated[Any, BeforeValidator(check_payload), WithJsonSchema({"not": {"type": "null"}})] = Field(
         description="Any JSON value except null; handed to the executor."
     )

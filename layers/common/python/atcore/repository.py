@@ -3,47 +3,37 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from atcore.db import Connection
-from atcore.models import CreateTaskRequest, ListFilters, Task, TaskListing, TaskStatus
+from atcore.models import CANCELLABLE_STATUSES, CreateTaskRequest, ListFilters, Task, TaskListing, TaskStatus
 from atcore.sql import query
 
-# The dispatcher never sleeps longer than this; creates due sooner wake it (create_task SQL).
-WAKE_HORIZON_SECONDS = 1.0
 
-_TASK_COLUMNS = (
-    "id", "execute_at", "task_type", "payload", "status", "attempts", "max_attempts",
-    "created_at", "updated_at", "completed_at", "error_message",
-)  # fmt: skip
-
-
-_PAYLOAD = 1 + _TASK_COLUMNS.index("payload")  # in a list_tasks row, after the total
-
-
-def _task(row: list) -> Task:
-    return Task.model_validate(dict(zip(_TASK_COLUMNS, row, strict=True)))
+def _task(row: dict[str, Any]) -> Task:
+    """A task from its row, by column name: the other columns (lease, hand-off) are the engine's."""
+    return Task.model_validate(row)
 
 
 def insert_task(conn: Connection, request: CreateTaskRequest) -> Task:
-    rows = conn.run(
+    rows = conn.run_dicts(
         query("create_task"),
         execute_at=request.execute_at,
         task_type=request.task_type,
         payload=json.dumps(request.payload, ensure_ascii=False, allow_nan=False),
         max_attempts=request.max_attempts,
-        wake_horizon_seconds=WAKE_HORIZON_SECONDS,
     )
     return _task(rows[0])
 
 
 def find_task(conn: Connection, task_id: int) -> Task | None:
-    rows = conn.run(query("get_task"), id=task_id)
+    rows = conn.run_dicts(query("get_task"), id=task_id)
     return _task(rows[0]) if rows else None
 
 
 def cancel_task(conn: Connection, task_id: int) -> Task | None:
     """The cancelled task, or None when it does not exist or can no longer be cancelled."""
-    rows = conn.run(query("cancel_task"), id=task_id)
+    rows = conn.run_dicts(query("cancel_task"), id=task_id, cancellable=sorted(CANCELLABLE_STATUSES))
     return _task(rows[0]) if rows else None
 
 
@@ -57,7 +47,7 @@ def list_tasks(
 ) -> TaskListing:
     """Up to `limit` tasks matching `filters`, newest first, from `offset` on or below `before_id`.
     Rows after the first `max_bytes` of payload text are not read; they are left for a later page."""
-    rows = conn.run(
+    rows = conn.run_dicts(
         query("list_tasks"),
         status=None if filters.status is None else filters.status.value,
         task_type=filters.task_type,
@@ -66,10 +56,10 @@ def list_tasks(
         offset=offset,
         max_bytes=max_bytes,
     )
-    total = rows[0][0]
-    found = [row for row in rows if row[1] is not None]  # the page's ids, newest first
-    read = [row for row in found if row[_PAYLOAD] is not None]  # those read whole (payload is never NULL)
-    tasks = [_task(row[1:]) for row in read[:limit]]
+    total = rows[0]["total"]
+    found = [row for row in rows if row["page_id"] is not None]  # the page's ids, newest first
+    read = [row for row in found if row["id"] is not None]  # those read whole
+    tasks = [_task(row) for row in read[:limit]]
     return TaskListing(tasks=tasks, total=total, more=len(found) > len(tasks), filters=filters)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from atcore import db, execution
+from atcore import db, execution, execution_repository
 from atcore.env import ConfigurationError
 from atcore.execution import AttemptRef, ExecutionSettings
 from atcore.executors import aws
@@ -42,7 +42,7 @@ class TaskQueueOutlet:
         self._queue_url = queue_url
 
     def room(self, conn: db.Connection) -> int:
-        return self._settings.max_queued - execution.count_queued(conn)
+        return self._settings.max_queued - execution_repository.count_queued(conn)
 
     def claim(self, conn: db.Connection, limit: int) -> list[AttemptRef]:
         return execution.hand_over_due(conn, limit, self._settings.handoff_seconds)

@@ -10,8 +10,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
+from ..text import has_control_characters
 from . import aws, outbox
-from .payloads import PAYLOAD_CONFIG, FieldError, has_control_characters, parse_payload, payload_error
+from .payloads import PAYLOAD_CONFIG, FieldError, parse_payload, payload_error
 from .settings import executor_settings
 
 MAX_RECIPIENTS = 50  # SES's limit for to + cc + bcc of one message

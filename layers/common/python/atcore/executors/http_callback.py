@@ -18,10 +18,11 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
+from ..text import has_control_characters
 from . import http_transport, safety
 from .deadlines import seconds_text
 from .errors import ExecutionError, truncate
-from .payloads import PAYLOAD_CONFIG, has_control_characters, parse_payload
+from .payloads import PAYLOAD_CONFIG, parse_payload
 
 USER_AGENT = "AT-scheduler/1"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")

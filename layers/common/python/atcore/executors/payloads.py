@@ -99,6 +99,3 @@ def _message(error: Any) -> str:
     message: str = error["msg"]
     return message[:1].lower() + message[1:]
 
-
-def has_control_characters(text: str) -> bool:
-    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)

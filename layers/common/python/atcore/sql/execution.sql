@@ -26,7 +26,7 @@ history AS (
     INSERT INTO task_attempts (task_id, number, started_at)
     SELECT id, attempts_before_retry + attempts, now() FROM started
 )
-SELECT id, task_type, payload, attempts, max_attempts, execute_at, now() AS claimed_at FROM started
+SELECT id, task_type, payload, attempts AS attempt, max_attempts, execute_at, now() AS claimed_at FROM started
 
 -- name: hand_over_due_tasks
 -- The AWS dispatcher's claim: reserve due tasks for the queue without starting them. They stay
@@ -67,7 +67,7 @@ history AS (
     INSERT INTO task_attempts (task_id, number, started_at)
     SELECT id, attempts_before_retry + attempts, now() FROM started
 )
-SELECT id, task_type, payload, attempts, max_attempts, execute_at, now() AS claimed_at FROM started
+SELECT id, task_type, payload, attempts AS attempt, max_attempts, execute_at, now() AS claimed_at FROM started
 
 -- name: record_outcomes
 -- Outcomes of many attempts in one statement. A row is written only while the task is still
@@ -82,7 +82,7 @@ WITH outcome AS (
 decided AS (
     SELECT t.id,
            CASE WHEN o.succeeded THEN 'completed'
-                WHEN o.retry_in_seconds IS NOT NULL AND t.attempts < t.max_attempts THEN 'pending'
+                WHEN o.retry_in_seconds IS NOT NULL AND at_attempts_remain(t.attempts, t.max_attempts) THEN 'pending'
                 ELSE 'failed' END AS status,
            o.error, o.retry_in_seconds
     FROM scheduled_tasks AS t
@@ -120,8 +120,8 @@ SELECT id, status, attempts FROM recorded
 -- A worker that died leaves its lease to expire: retry the task now, or fail it when spent.
 WITH recovered AS (
     UPDATE scheduled_tasks AS t
-    SET status = CASE WHEN t.attempts < t.max_attempts THEN 'pending' ELSE 'failed' END,
-        completed_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
+    SET status = CASE WHEN at_attempts_remain(t.attempts, t.max_attempts) THEN 'pending' ELSE 'failed' END,
+        completed_at = CASE WHEN at_attempts_remain(t.attempts, t.max_attempts) THEN NULL ELSE now() END,
         error_message = 'attempt ' || (t.attempts_before_retry + t.attempts) || ' did not finish: its lease expired',
         lease_expires_at = NULL,
         updated_at = now()
@@ -145,12 +145,15 @@ SELECT id, status, attempts FROM recovered
 
 -- name: next_wake
 -- Seconds until the earliest unclaimed task falls due, a lease expires or a hand-off expires
--- (negative: already due); NULL when there is nothing to wait for. All from small partial indexes.
-SELECT EXTRACT(EPOCH FROM (LEAST(
-           (SELECT min(execute_at) FROM scheduled_tasks WHERE status = 'pending' AND queued_until IS NULL),
-           (SELECT min(lease_expires_at) FROM scheduled_tasks WHERE status = 'processing'),
-           (SELECT min(queued_until) FROM scheduled_tasks WHERE queued_until IS NOT NULL)
-       ) - now()))::double precision
+-- (negative: already due), and never more than the wake horizon (new tasks due sooner wake the
+-- dispatcher: migration 0006). All from small partial indexes.
+SELECT LEAST(
+           EXTRACT(EPOCH FROM (LEAST(
+               (SELECT min(execute_at) FROM scheduled_tasks WHERE status = 'pending' AND queued_until IS NULL),
+               (SELECT min(lease_expires_at) FROM scheduled_tasks WHERE status = 'processing'),
+               (SELECT min(queued_until) FROM scheduled_tasks WHERE queued_until IS NOT NULL)
+           ) - now()))::double precision,
+           at_wake_horizon_seconds())
 
 -- name: oldest_due_age
 -- How late the most overdue task that has not started is, in seconds (0 when none is due),

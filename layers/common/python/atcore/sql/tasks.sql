@@ -1,38 +1,25 @@
--- Queries of the API. The column list is the same everywhere so rows map to atcore.models.Task.
+-- Queries of the API. Rows come back whole (RETURNING *, SELECT t.*) and are mapped to
+-- atcore.models.Task by column name, so the model is the one list of a task's fields.
+-- A task due soon wakes the dispatcher through a trigger (migration 0006), whatever writes it.
 
 -- name: create_task
--- A task due within the dispatcher's longest sleep wakes it (NOTIFY is delivered on commit);
--- later tasks are found by its next regular look, so most creates notify nobody.
-WITH created AS (
-    INSERT INTO scheduled_tasks (execute_at, task_type, payload, max_attempts)
-    VALUES (:execute_at, :task_type, CAST(:payload AS jsonb), :max_attempts)
-    RETURNING id, execute_at, task_type, payload, status, attempts, max_attempts,
-              created_at, updated_at, completed_at, error_message
-)
-SELECT created.*
-FROM created
-LEFT JOIN LATERAL (
-    SELECT pg_notify('at_task_due_soon', '')
-    WHERE created.execute_at <= now() + make_interval(secs => :wake_horizon_seconds)
-) AS wake ON true
+INSERT INTO scheduled_tasks (execute_at, task_type, payload, max_attempts)
+VALUES (:execute_at, :task_type, CAST(:payload AS jsonb), :max_attempts)
+RETURNING *
 
 -- name: get_task
-SELECT id, execute_at, task_type, payload, status, attempts, max_attempts,
-       created_at, updated_at, completed_at, error_message
-FROM scheduled_tasks
-WHERE id = :id
+SELECT * FROM scheduled_tasks WHERE id = :id
 
 -- name: cancel_task
--- Only pending/processing tasks can be cancelled; a worker's late result then cannot
+-- Only :cancellable tasks (pending, processing) can be cancelled; a worker's late result then cannot
 -- overwrite 'cancelled', because outcomes are written only while status = 'processing', and a
 -- queued message cannot start it, because attempts start only while it is 'pending'. An attempt
 -- still running is closed in its history as superseded: its result will not count.
 WITH cancelled AS (
     UPDATE scheduled_tasks
     SET status = 'cancelled', lease_expires_at = NULL, queued_until = NULL, updated_at = now()
-    WHERE id = :id AND status IN ('pending', 'processing')
-    RETURNING id, execute_at, task_type, payload, status, attempts, max_attempts,
-              created_at, updated_at, completed_at, error_message
+    WHERE id = :id AND status = ANY(CAST(:cancellable AS text[]))
+    RETURNING *
 ),
 history AS (
     UPDATE task_attempts
@@ -75,8 +62,7 @@ sized AS (
     WHERE id IN (SELECT id FROM page_ids)
 ),
 page AS (
-    SELECT sized.id, t.execute_at, t.task_type, t.payload, t.status, t.attempts, t.max_attempts,
-           t.created_at, t.updated_at, t.completed_at, t.error_message
+    SELECT sized.id AS page_id, t.*
     FROM sized
     LEFT JOIN scheduled_tasks AS t ON t.id = sized.id AND COALESCE(sized.newer_bytes, 0) < :max_bytes
 ),
@@ -89,4 +75,4 @@ counted AS (
 SELECT counted.total, page.*
 FROM counted
 LEFT JOIN page ON true
-ORDER BY page.id DESC
+ORDER BY page.page_id DESC
