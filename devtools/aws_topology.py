@@ -38,6 +38,7 @@ from typing import Any
 
 from devtools.lambda_env import ROOT, FunctionSpec, Invocation, LambdaEnvironment
 from devtools.make_events import sqs_record
+from devtools.support.http import free_port
 
 TEMPLATE = ROOT / "template.yaml"
 REGION = "us-east-1"
@@ -115,12 +116,6 @@ def _rate_seconds(expression: str) -> float:
     # "rate(1 minute)" / "rate(5 minutes)" / "rate(1 hour)"
     amount, unit = expression.removeprefix("rate(").removesuffix(")").split()
     return int(amount) * {"minute": 60, "minutes": 60, "hour": 3600, "hours": 3600}[unit]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

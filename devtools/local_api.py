@@ -40,7 +40,6 @@ import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -57,6 +56,7 @@ from samcli.local.apigw.local_apigw_service import LocalApigwService
 from samcli.local.lambdafn.exceptions import FunctionNotFound
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from devtools.lambda_env import LambdaContext
 from devtools.lifetime import die_with_parent
 
 LOG = logging.getLogger("devtools.local_api")  # not __main__ under python -m
@@ -65,32 +65,6 @@ Handler = Callable[[dict[str, Any], Any], Any]
 
 _ACCOUNT_ID = "123456789012"  # SAM's fake account id, also used in the events it builds
 _REFUSED = "local_api.refused"  # the WSGI environ key of why _LocalRequestsOnly refused a request
-
-
-@dataclass
-class LambdaContext:
-    """The attributes and method of the Python runtime's context object that handlers use."""
-
-    function_name: str
-    memory_limit_in_mb: str  # a string in the real runtime too (it comes from an env variable)
-    invoked_function_arn: str
-    timeout_seconds: float
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    function_version: str = "$LATEST"
-    client_context: Any = None
-    identity: Any = None
-    tenant_id: str | None = None
-    log_group_name: str = field(init=False)
-    log_stream_name: str = field(init=False)
-    _deadline: float = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.log_group_name = f"/aws/lambda/{self.function_name}"
-        self.log_stream_name = f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
-        self._deadline = time.monotonic() + self.timeout_seconds
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def _lambda_error(exc: BaseException, request_id: str, error_type: str | None = None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pg8000.native
 import pytest
 
-from devtools.support.database import empty_every_table
+from devtools.support.database import empty_every_table, migrate_database
 from devtools.support.functions import ROOT
 from devtools.support.http import free_port
 
@@ -100,15 +100,10 @@ def database_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databa
 def database(database_server: Database) -> Iterator[str]:
     """A fresh, migrated database for this run; DB_* point at it for the code under test."""
     from atcore import config, db
-    from migrate import apply_migrations
 
     name = f"at_test_{uuid.uuid4().hex[:10]}"
     database_server.create_database(name)
-    conn = database_server.connect(name)
-    try:
-        apply_migrations(conn)
-    finally:
-        conn.close()
+    migrate_database(database_server.connect(name))
     saved = {key: os.environ.get(key) for key in ("DB_HOST", "DB_PORT", "DB_USER", "DB_NAME", "DB_SSLMODE", "DB_PASSWORD")}
     os.environ.update(database_server.env(name))
     config.database_settings.cache_clear()

@@ -7,8 +7,6 @@ afterwards; or, when DB_HOST is set, a fresh database on that server, dropped af
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import platform
 import re
@@ -25,10 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pg8000.native
+
+from devtools.lambda_env import LambdaContext
+from devtools.support.functions import lambda_context as _lambda_context
+from devtools.support.functions import load_event, load_function  # noqa: F401 - the benchmarks' too
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / "layers" / "common" / "python"
@@ -254,31 +255,9 @@ def quiet_powertools() -> None:
     warnings.filterwarnings("ignore", "No application metrics to publish")  # metrics are disabled
 
 
-class LambdaContext:
-    """The attributes Powertools reads from a real Lambda context."""
-
-    function_name = "at-bench"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:at-bench"
-    log_stream_name = "bench"
-    aws_request_id = "00000000-0000-0000-0000-000000000000"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 10_000
-
-
-def load_function(name: str) -> ModuleType:
-    """Import functions/<name>/app.py under a unique module name (every function's module is `app`)."""
-    spec = importlib.util.spec_from_file_location(f"at_function_{name}", FUNCTIONS_DIR / name / "app.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_event(name: str) -> dict[str, Any]:
-    return json.loads((EVENTS_DIR / f"{name}.json").read_text())
+def lambda_context() -> LambdaContext:
+    """An API function's invocation context (10 s timeout)."""
+    return _lambda_context(timeout_seconds=10.0, function_name="at-bench")
 
 
 # --- docs/BENCHMARKS.md ------------------------------------------------------------------------

@@ -212,11 +212,11 @@ def time_listing(handler, counts: dict, cases: list[tuple], runs: int) -> dict[t
     samples: dict[tuple, list[float]] = {case: [] for case in cases}
     exact: dict[tuple, bool] = dict.fromkeys(cases, True)
     for case in cases:  # one warm-up each (plans, caches)
-        handler(events[case], common.LambdaContext())
+        handler(events[case], common.lambda_context())
     for _ in range(runs):
         for case in cases:
             began = time.perf_counter()
-            response = handler(events[case], common.LambdaContext())
+            response = handler(events[case], common.lambda_context())
             samples[case].append(time.perf_counter() - began)
             body = json.loads(response["body"])
             total = counts[case[:2]]

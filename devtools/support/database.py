@@ -20,6 +20,16 @@ def insert_task_sql(**overrides: str) -> str:
     return f"INSERT INTO scheduled_tasks ({', '.join(row)}) VALUES ({', '.join(row.values())}) RETURNING id"
 
 
+def migrate_database(conn: Any) -> None:
+    """Apply every migration to the (new) database `conn` is connected to, then close it."""
+    from migrate import apply_migrations
+
+    try:
+        apply_migrations(conn)
+    finally:
+        conn.close()
+
+
 def sqlstate(exc: Exception) -> str:
     """The SQLSTATE of a pg8000 error, or ''."""
     details: Any = exc.args[0] if exc.args else None

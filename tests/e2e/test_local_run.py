@@ -15,7 +15,7 @@ import pytest
 
 from devtools.support.functions import ROOT
 from devtools.support.http import request
-from http_sink import HttpSink
+from devtools.support.http_sink import HttpSink
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,8 @@ from atcore.task_queue import TaskQueueOutlet
 from devtools.lambda_env import LambdaContext
 from devtools.make_events import sqs_record
 from devtools.support.functions import lambda_context, load_event, load_function
-from http_sink import HttpSink
+from devtools.support.http import free_port
+from devtools.support.http_sink import HttpSink
 
 SENDER = "at@example.com"
 RUN_SECONDS = 1.5
@@ -388,7 +388,7 @@ def test_worker_reports_malformed_messages_as_batch_failures(sql, queue, dispatc
 
 def test_failed_callbacks_are_outcomes_not_batch_failures(sql, queue, dispatcher, worker) -> None:
     with HttpSink() as sink:
-        sink.responder = lambda task, _attempt: 500 if task == 1 else 404
+        sink.responder = lambda arrival: 500 if arrival.task_id == 1 else 404
         retried = insert_task(sql, in_seconds=-1, payload=callback(sink.url), max_attempts=3)
         rejected = insert_task(sql, in_seconds=-1, payload=callback(sink.url), max_attempts=3)
         assert retried == 1
@@ -409,9 +409,7 @@ def test_failed_callbacks_are_outcomes_not_batch_failures(sql, queue, dispatcher
 @contextlib.contextmanager
 def database_unreachable() -> Iterator[None]:
     """DB_PORT points at a closed port inside the block; the real database is back after it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()  # nothing listens there
     real_port = os.environ["DB_PORT"]
 
     def use_port(port: str) -> None:

@@ -15,7 +15,7 @@ from atcore import db, execution
 from devtools.aws_topology import AwsTopology
 from devtools.lambda_env import LambdaEnvironment
 from devtools.make_events import sqs_record
-from http_sink import HttpSink
+from devtools.support.http_sink import HttpSink
 
 
 def database_env() -> dict[str, str]:
@@ -46,7 +46,7 @@ def wait_for(condition, timeout: float, interval: float = 0.2):
     raise AssertionError("condition not met in time")
 
 
-def slow_ok(_task: int, _attempt: int) -> int:
+def slow_ok(_arrival: object) -> int:
     time.sleep(0.1)  # a receiver that takes 100 ms
     return 200
 

@@ -25,9 +25,8 @@ import pytest
 
 from atcore import config, db
 from devtools.pgserver import EmbeddedPostgres
-from devtools.support.database import empty_every_table, point_database_at
+from devtools.support.database import empty_every_table, migrate_database, point_database_at
 from devtools.support.functions import ROOT, invoke_raw, lambda_context, load_event
-from migrate import apply_migrations
 
 DATABASE = "at_faults"
 FUTURE = "2099-01-01T12:00:00Z"
@@ -43,11 +42,7 @@ def server() -> Iterator[EmbeddedPostgres]:
     pg.start()
     try:
         pg.create_database(DATABASE)
-        conn = pg.connect(DATABASE)
-        try:
-            apply_migrations(conn)
-        finally:
-            conn.close()
+        migrate_database(pg.connect(DATABASE))
         yield pg
     finally:
         db.reset()

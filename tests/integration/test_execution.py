@@ -14,7 +14,7 @@ from atcore.dispatcher import Dispatcher
 from atcore.models import CreateTaskRequest
 from devtools.engine import LocalEngine
 from devtools.support.functions import invoke, load_event
-from http_sink import HttpSink
+from devtools.support.http_sink import HttpSink
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +131,7 @@ def test_four_dispatchers_racing_claim_each_task_exactly_once(sql):
 
 
 def test_callback_failing_twice_then_succeeding_completes_with_3_attempts(sql, engine):
-    with HttpSink(lambda _task, attempt: 503 if attempt < 3 else 200) as sink:
+    with HttpSink(lambda arrival: 503 if arrival.attempt < 3 else 200) as sink:
         task_id = schedule_callback(sink.url, in_seconds=0.3, max_attempts=5)
         row = wait_for(lambda: finished(sql, task_id))
         assert [a.attempt for a in sink.by_task()[task_id]] == [1, 2, 3]
@@ -140,7 +140,7 @@ def test_callback_failing_twice_then_succeeding_completes_with_3_attempts(sql, e
 
 
 def test_callback_always_failing_ends_failed_with_the_last_error(sql, engine):
-    with HttpSink(lambda _task, _attempt: 500) as sink:
+    with HttpSink(lambda _arrival: 500) as sink:
         task_id = schedule_callback(sink.url, in_seconds=0.3, max_attempts=3)
         row = wait_for(lambda: finished(sql, task_id))
         assert len(sink.by_task()[task_id]) == 3
@@ -149,7 +149,7 @@ def test_callback_always_failing_ends_failed_with_the_last_error(sql, engine):
 
 
 def test_non_retryable_failure_fails_at_once(sql, engine):
-    with HttpSink(lambda _task, _attempt: 404) as sink:
+    with HttpSink(lambda _arrival: 404) as sink:
         task_id = schedule_callback(sink.url, in_seconds=0.2, max_attempts=5)
         row = wait_for(lambda: finished(sql, task_id))
         assert len(sink.by_task()[task_id]) == 1
@@ -167,7 +167,7 @@ def test_cancel_while_processing_stays_cancelled(sql, engine):
     release = threading.Event()
     entered = threading.Event()
 
-    def hold(_task, _attempt):
+    def hold(_arrival):
         entered.set()
         release.wait(10)
         return 200
@@ -243,8 +243,8 @@ def test_engine_process_killed_mid_batch_every_task_ends_once_after_its_lease(sq
 
     hold = threading.Event()
 
-    def slow_first_attempts(_task, attempt):
-        if attempt == 1:
+    def slow_first_attempts(arrival):
+        if arrival.attempt == 1:
             hold.wait(10)  # the first engine dies while these callbacks are in flight
         return 200
 
@@ -279,7 +279,7 @@ def test_local_engine_with_a_backlog_longer_than_the_lease_fails_nothing(sql, mo
     monkeypatch.setenv("AT_LEASE_SECONDS", "1")
     env.reset()
 
-    def slow(_task, _attempt):
+    def slow(_arrival):
         time.sleep(0.3)
         return 200
 
@@ -307,7 +307,7 @@ def history(sql, task_id: int) -> list[tuple]:
 
 
 def test_attempt_history_is_written_with_each_start_and_outcome(sql, engine):
-    with HttpSink(lambda _task, attempt: 503 if attempt < 3 else 200) as sink:
+    with HttpSink(lambda arrival: 503 if arrival.attempt < 3 else 200) as sink:
         task_id = schedule_callback(sink.url, in_seconds=0.2, max_attempts=5)
         wait_for(lambda: finished(sql, task_id))
     rows = history(sql, task_id)

@@ -1,6 +1,6 @@
 """Executors against hostile peers: one deadline per attempt, whatever the peer does.
 
-Every server listens on 127.0.0.x (tests/hostile_http.py); host names are resolved by a stub. The
+Every server listens on 127.0.0.x (devtools/support/hostile_http.py); host names are resolved by a stub. The
 timing assertions are generous on purpose (an attempt with a 1 s deadline must be over within 6 s):
 they tell "ends at its deadline" from "runs for as long as the peer likes" (which was 15 s and more
 here, the servers' own limit), not 1.0 s from 1.1 s.
@@ -14,7 +14,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from hostile_http import (
+
+from atcore.executors import ExecutionError, aws, execute, http_transport, safety
+from devtools.support.hostile_http import (
     BlackHole,
     HostileServer,
     drip_body,
@@ -24,9 +26,8 @@ from hostile_http import (
     redirect,
     silent,
 )
-
-from atcore.executors import ExecutionError, aws, execute, http_transport, safety
-from http_sink import HttpSink
+from devtools.support.http import free_port
+from devtools.support.http_sink import HttpSink
 
 DEADLINE = 1.0
 MARGIN = 5.0  # what a busy 2-core machine may add to a deadline, generously
@@ -141,9 +142,7 @@ def test_black_holed_addresses_cannot_starve_the_next_one(monkeypatch: pytest.Mo
 
 def test_a_host_whose_addresses_are_all_black_holed_costs_one_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AT_HTTP_TIMEOUT_SECONDS", "2")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     holes = [BlackHole(f"127.0.0.{n}", port) for n in (2, 3, 4, 5)]
     try:
         resolve_names_to(monkeypatch, {"void.test": [f"127.0.0.{n}" for n in (2, 3, 4, 5)]})

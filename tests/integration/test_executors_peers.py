@@ -9,19 +9,18 @@ from __future__ import annotations
 import datetime
 import json
 import socket
-import socketserver
 import ssl
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from atcore import env
 from atcore.executors import ExecutionError, aws, execute, http_transport, safety
+from devtools.support.http_sink import Arrival, HttpSink, Reply
 
 SENDER = "at@example.com"
 
@@ -54,135 +53,24 @@ def resolve_names_to(monkeypatch: pytest.MonkeyPatch, answers: dict[str, str]) -
 
 # --- the HTTP sink ---------------------------------------------------------------------------------
 
-@dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Sink:
-    server: ThreadingHTTPServer
-    scheme: str = "http"
-    requests: list[Received] = field(default_factory=list)
-    connections_opened: int = 0
-    open_connections: set[socket.socket] = field(default_factory=set)
-    server_names: list[str | None] = field(default_factory=list)  # TLS SNI seen
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
-        return f"{self.scheme}://{host}:{self.port}{path}"
-
-    def close_idle_connections(self) -> None:
-        """What a server's keep-alive timeout does: closes the connections waiting for a next request."""
-        with self.lock:
-            sockets = list(self.open_connections)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        deadline = time.monotonic() + 5
-        while self.open_connections and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-
-class SinkHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    timeout = 10
-    server: ThreadingHTTPServer
-
-    @property
-    def sink(self) -> Sink:
-        return self.server.sink  # type: ignore[attr-defined]
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in two writes; without this, Nagle + delayed ACK add 40 ms a response.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.sink.lock:
-            self.sink.connections_opened += 1
-            self.sink.open_connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.sink.lock:
-            self.sink.open_connections.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def handle_request(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        with self.sink.lock:
-            self.sink.requests.append(Received(self.command, self.path, dict(self.headers.items()), body))
-        route = self.path.split("?", 1)[0]
-        if route.startswith("/status/"):
-            self.reply(int(route.rsplit("/", 1)[1]), b"upstream says no " * 40)
-        elif route == "/redirect":
-            self.reply(302, b"", {"Location": "/hook"})
-        elif route == "/slow":
-            time.sleep(1.0)
-            self.reply(200, b"late")
-        else:
-            self.reply(200, b'{"ok":true}')
-
-    def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_request
-
-
-class SinkServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would call socket.getfqdn(): a reverse DNS lookup nobody needs here.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "localhost", self.server_address[1]
-
-
-class SinkServer6(SinkServer):
-    address_family = socket.AF_INET6
-
-
-def start_sink(tls_context: ssl.SSLContext | None = None) -> Sink:
-    server = SinkServer(("127.0.0.1", 0), SinkHandler)
-    sink = Sink(server, scheme="https" if tls_context else "http")
-    if tls_context is not None:
-        tls_context.sni_callback = lambda _sock, name, _ctx: sink.server_names.append(name)  # type: ignore
-        server.socket = tls_context.wrap_socket(server.socket, server_side=True)
-    server.sink = sink  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    return sink
-
-
-def stop_sink(sink: Sink) -> None:
-    sink.server.shutdown()
-    sink.close_idle_connections()
-    sink.server.server_close()
+def routes(arrival: Arrival) -> Reply:
+    """What the sink answers, by path: /status/N, /redirect, /slow (1 s), anything else 200."""
+    route = arrival.path.split("?", 1)[0]
+    if route.startswith("/status/"):
+        return Reply(int(route.rsplit("/", 1)[1]), b"upstream says no " * 40)
+    if route == "/redirect":
+        return Reply(302, b"", {"Location": "/hook"})
+    if route == "/slow":
+        time.sleep(1.0)
+        return Reply(200, b"late")
+    return Reply(200, b'{"ok":true}')
 
 
 @pytest.fixture
-def sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
+def sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpSink]:
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
-    started = start_sink()
-    yield started
-    stop_sink(started)
+    with HttpSink(routes) as started:
+        yield started
 
 
 def callback(url: str, task_id: int = 7, attempt: int = 1, **payload: object) -> None:
@@ -197,10 +85,10 @@ def callback_failure(url: str, **payload: object) -> ExecutionError:
 
 # --- http_callback ---------------------------------------------------------------------------------
 
-def test_post_sends_json_and_idempotency_headers(sink: Sink) -> None:
-    callback(sink.url("/hook?x=1"), task_id=42, attempt=2, data={"hello": "wörld"},
+def test_post_sends_json_and_idempotency_headers(sink: HttpSink) -> None:
+    callback(sink.url_for("/hook?x=1"), task_id=42, attempt=2, data={"hello": "wörld"},
              headers={"Authorization": "Bearer s3cret"})
-    [request] = sink.requests
+    [request] = sink.arrivals
     assert (request.method, request.path) == ("POST", "/hook?x=1")
     assert json.loads(request.body) == {"hello": "wörld"}
     assert request.headers["Idempotency-Key"] == "at-task-42"
@@ -213,23 +101,23 @@ def test_post_sends_json_and_idempotency_headers(sink: Sink) -> None:
 
 
 @pytest.mark.parametrize("method", ["get", "PUT", "Patch", "DELETE"])
-def test_every_method(sink: Sink, method: str) -> None:
-    callback(sink.url(), method=method, data=[1, 2])
-    [request] = sink.requests
+def test_every_method(sink: HttpSink, method: str) -> None:
+    callback(sink.url_for("/hook"), method=method, data=[1, 2])
+    [request] = sink.arrivals
     assert request.method == method.upper()
     assert request.body == (b"" if method == "get" else b"[1,2]")
     assert ("Content-Type" in request.headers) is (method != "get")
 
 
-def test_the_same_idempotency_key_on_every_attempt(sink: Sink) -> None:
+def test_the_same_idempotency_key_on_every_attempt(sink: HttpSink) -> None:
     for attempt in (1, 2, 3):
-        callback(sink.url(), task_id=9, attempt=attempt)
-    assert {r.headers["Idempotency-Key"] for r in sink.requests} == {"at-task-9"}
-    assert [r.headers["X-AT-Attempt"] for r in sink.requests] == ["1", "2", "3"]
+        callback(sink.url_for("/hook"), task_id=9, attempt=attempt)
+    assert {r.headers["Idempotency-Key"] for r in sink.arrivals} == {"at-task-9"}
+    assert [r.headers["X-AT-Attempt"] for r in sink.arrivals] == ["1", "2", "3"]
 
 
-def test_server_error_is_retryable(sink: Sink, caplog: pytest.LogCaptureFixture) -> None:
-    error = callback_failure(sink.url("/status/500"))
+def test_server_error_is_retryable(sink: HttpSink, caplog: pytest.LogCaptureFixture) -> None:
+    error = callback_failure(sink.url_for("/status/500"))
     assert error.retryable
     assert error.message == "callback returned HTTP 500"  # the receiver's body is not the task owner's to read
     [record] = [r for r in caplog.records if r.getMessage() == "task execution failed"]
@@ -237,8 +125,8 @@ def test_server_error_is_retryable(sink: Sink, caplog: pytest.LogCaptureFixture)
     assert len(record.error_detail) <= 240  # type: ignore[attr-defined]
 
 
-def test_failures_never_reveal_headers_or_query_strings(sink: Sink, caplog: pytest.LogCaptureFixture) -> None:
-    error = callback_failure(sink.url("/status/500?token=query-secret"), data={"card": "payload-secret"},
+def test_failures_never_reveal_headers_or_query_strings(sink: HttpSink, caplog: pytest.LogCaptureFixture) -> None:
+    error = callback_failure(sink.url_for("/status/500?token=query-secret"), data={"card": "payload-secret"},
                              headers={"Authorization": "Bearer header-secret"})
     [record] = [r for r in caplog.records if r.getMessage() == "task execution failed"]
     logged = repr(record.__dict__)
@@ -249,27 +137,27 @@ def test_failures_never_reveal_headers_or_query_strings(sink: Sink, caplog: pyte
 
 
 @pytest.mark.parametrize("status", [408, 429, 503])
-def test_retryable_statuses(sink: Sink, status: int) -> None:
-    assert callback_failure(sink.url(f"/status/{status}")).retryable
+def test_retryable_statuses(sink: HttpSink, status: int) -> None:
+    assert callback_failure(sink.url_for(f"/status/{status}")).retryable
 
 
-def test_not_found_is_not_retryable(sink: Sink) -> None:
-    error = callback_failure(sink.url("/status/404"))
+def test_not_found_is_not_retryable(sink: HttpSink) -> None:
+    error = callback_failure(sink.url_for("/status/404"))
     assert not error.retryable
     assert error.message.startswith("callback returned HTTP 404")
 
 
-def test_redirect_is_not_followed_and_not_retryable(sink: Sink) -> None:
-    error = callback_failure(sink.url("/redirect"))
+def test_redirect_is_not_followed_and_not_retryable(sink: HttpSink) -> None:
+    error = callback_failure(sink.url_for("/redirect"))
     assert not error.retryable
     assert error.message == "callback returned HTTP 302 (redirects are not followed)"
-    assert [r.path for r in sink.requests] == ["/redirect"]
+    assert [r.path for r in sink.arrivals] == ["/redirect"]
 
 
-def test_slow_sink_times_out_retryably(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_slow_sink_times_out_retryably(sink: HttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AT_HTTP_TIMEOUT_SECONDS", "0.3")
     started = time.monotonic()
-    error = callback_failure(sink.url("/slow"))
+    error = callback_failure(sink.url_for("/slow"))
     assert time.monotonic() - started < 0.9
     assert error.retryable
     assert error.message == "callback timed out after 0.3s"
@@ -285,70 +173,64 @@ def test_connection_refused_is_retryable(monkeypatch: pytest.MonkeyPatch) -> Non
     assert error.message.startswith("callback connection failed:")
 
 
-def test_keep_alive_connection_is_reused(sink: Sink) -> None:
+def test_keep_alive_connection_is_reused(sink: HttpSink) -> None:
     for task_id in range(20):
-        callback(sink.url(), task_id=task_id)
-    assert len(sink.requests) == 20
+        callback(sink.url_for("/hook"), task_id=task_id)
+    assert len(sink.arrivals) == 20
     assert sink.connections_opened == 1
 
 
-def test_error_responses_keep_the_connection(sink: Sink) -> None:
+def test_error_responses_keep_the_connection(sink: HttpSink) -> None:
     for path in ("/status/500", "/status/404", "/redirect", "/hook"):
         try:
-            callback(sink.url(path))
+            callback(sink.url_for(path))
         except ExecutionError:
             pass
     assert sink.connections_opened == 1
 
 
-def test_recovers_when_the_server_closed_an_idle_connection(sink: Sink) -> None:
-    callback(sink.url())
+def test_recovers_when_the_server_closed_an_idle_connection(sink: HttpSink) -> None:
+    callback(sink.url_for("/hook"))
     sink.close_idle_connections()
-    callback(sink.url())
-    assert len(sink.requests) == 2
+    callback(sink.url_for("/hook"))
+    assert len(sink.arrivals) == 2
     assert sink.connections_opened == 2
 
 
-def test_reconnects_once_when_a_stale_connection_fails_on_use(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reconnects_once_when_a_stale_connection_fails_on_use(sink: HttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
     """The race the idle check cannot see: the server closes just before the request goes out."""
-    callback(sink.url())
+    callback(sink.url_for("/hook"))
     monkeypatch.setattr(http_transport, "_is_still_open", lambda connection: True)
     sink.close_idle_connections()
-    callback(sink.url())
-    assert len(sink.requests) == 2
+    callback(sink.url_for("/hook"))
+    assert len(sink.arrivals) == 2
     assert sink.connections_opened == 2
 
 
-def test_connects_to_the_vetted_ip_with_the_original_host_header(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connects_to_the_vetted_ip_with_the_original_host_header(sink: HttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
     resolve_names_to(monkeypatch, {"sink.test": "127.0.0.1"})
-    callback(sink.url(host="sink.test"))
-    assert sink.requests[0].headers["Host"] == f"sink.test:{sink.port}"
+    callback(sink.url_for(host="sink.test"))
+    assert sink.arrivals[0].headers["Host"] == f"sink.test:{sink.port}"
 
 
 def test_ipv6_literal_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
     try:
-        server = SinkServer6(("::1", 0), SinkHandler)
+        sink6 = HttpSink(routes, ipv6=True)
     except OSError:
         pytest.skip("no IPv6 loopback")
-    sink6 = Sink(server)
-    server.sink = sink6  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
+    with sink6:
         callback(f"http://[::1]:{sink6.port}/v6")
-        assert sink6.requests[0].headers["Host"] == f"[::1]:{sink6.port}"
-    finally:
-        stop_sink(sink6)
+        assert sink6.arrivals[0].headers["Host"] == f"[::1]:{sink6.port}"
 
 
 # --- destination safety ----------------------------------------------------------------------------
 
 @pytest.fixture
-def unprotected_sink() -> Iterator[Sink]:
+def unprotected_sink() -> Iterator[HttpSink]:
     """A sink on 127.0.0.1 while AT_HTTP_ALLOW_PRIVATE is unset: nothing may reach it."""
-    started = start_sink()
-    yield started
-    stop_sink(started)
+    with HttpSink(routes) as started:
+        yield started
 
 
 @pytest.mark.parametrize(("url", "reason"), [
@@ -362,7 +244,7 @@ def unprotected_sink() -> Iterator[Sink]:
     ("https://internal.test:{port}/hook", "internal.test resolves to a non-public address (private)"),
     ("http://rebind.test:{port}/hook", "rebind.test resolves to a non-public address (loopback)"),
 ])
-def test_private_destinations_are_refused(unprotected_sink: Sink, monkeypatch: pytest.MonkeyPatch,
+def test_private_destinations_are_refused(unprotected_sink: HttpSink, monkeypatch: pytest.MonkeyPatch,
                                           caplog: pytest.LogCaptureFixture, url: str, reason: str) -> None:
     real_getaddrinfo = socket.getaddrinfo
     answers = {"localhost": ["127.0.0.1"], "internal.test": ["10.9.8.7"], "rebind.test": ["8.8.8.8", "127.0.0.1"]}
@@ -387,12 +269,12 @@ def test_private_destinations_are_refused(unprotected_sink: Sink, monkeypatch: p
 
 @pytest.mark.parametrize("variable", ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_RUNTIME_API"])
 def test_on_lambda_loopback_stays_refused_when_private_destinations_are_allowed(
-        unprotected_sink: Sink, monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+        unprotected_sink: HttpSink, monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
     """The Lambda runtime API and extensions listen on loopback: a task must not reach them."""
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
     monkeypatch.setenv(variable, "127.0.0.1:9001" if variable.endswith("API") else "at-worker")
     resolve_names_to(monkeypatch, {"localhost": "127.0.0.1"})
-    for url in (unprotected_sink.url(), unprotected_sink.url(host="localhost"), unprotected_sink.url(host="[::1]")):
+    for url in (unprotected_sink.url_for("/hook"), unprotected_sink.url_for(host="localhost"), unprotected_sink.url_for(host="[::1]")):
         error = callback_failure(url)
         assert not error.retryable
         assert error.message.startswith("callback destination refused:")
@@ -400,7 +282,7 @@ def test_on_lambda_loopback_stays_refused_when_private_destinations_are_allowed(
     assert unprotected_sink.connections_opened == 0
     monkeypatch.delenv(variable)
     env.reset()  # settings are read once per process, as on Lambda
-    callback(unprotected_sink.url())  # the local run: allowed
+    callback(unprotected_sink.url_for("/hook"))  # the local run: allowed
     assert unprotected_sink.connections_opened == 1
 
 
@@ -465,31 +347,30 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 
 @pytest.fixture
-def tls_sink(certificates: Certificates, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
+def tls_sink(certificates: Certificates, monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpSink]:
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(certificates.cert_file, certificates.key_file)
     client_context = ssl.create_default_context(cadata=certificates.ca_pem.decode())
     monkeypatch.setattr(http_transport, "tls_context", lambda: client_context)
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
     resolve_names_to(monkeypatch, {"sink.test": "127.0.0.1", "other.test": "127.0.0.1"})
-    started = start_sink(server_context)
-    yield started
-    stop_sink(started)
+    with HttpSink(routes, tls_context=server_context) as started:
+        yield started
 
 
-def test_https_verifies_the_original_host_name(tls_sink: Sink) -> None:
-    callback(tls_sink.url(host="sink.test"))
-    callback(tls_sink.url(host="sink.test"))
+def test_https_verifies_the_original_host_name(tls_sink: HttpSink) -> None:
+    callback(tls_sink.url_for(host="sink.test"))
+    callback(tls_sink.url_for(host="sink.test"))
     assert tls_sink.server_names == ["sink.test"]  # SNI, once: the connection was kept alive
-    assert tls_sink.requests[0].headers["Host"] == f"sink.test:{tls_sink.port}"
+    assert tls_sink.arrivals[0].headers["Host"] == f"sink.test:{tls_sink.port}"
     assert tls_sink.connections_opened == 1
 
 
-def test_https_certificate_for_another_host_fails_without_retry(tls_sink: Sink) -> None:
-    error = callback_failure(tls_sink.url(host="other.test"))
+def test_https_certificate_for_another_host_fails_without_retry(tls_sink: HttpSink) -> None:
+    error = callback_failure(tls_sink.url_for(host="other.test"))
     assert not error.retryable
     assert error.message.startswith("callback TLS certificate verification failed: Hostname mismatch")
-    assert tls_sink.requests == []
+    assert tls_sink.arrivals == []
 
 
 # --- AWS through moto ------------------------------------------------------------------------------

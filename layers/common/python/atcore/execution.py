@@ -74,19 +74,21 @@ execution_settings = settings_reader(ExecutionSettings)
 def claim_due(conn: Connection, batch_size: int, lease_seconds: float) -> list[ClaimedTask]:
     """Claim due tasks and start their attempts (the local engine: its workers are idle)."""
     tasks = repository.claim_due(conn, batch_size, lease_seconds)
-    if tasks:
-        add_metric("TasksClaimed", MetricUnit.Count, len(tasks))
-        logger.info("Tasks claimed", extra={"task_ids": [task.id for task in tasks]})
+    _announce("TasksClaimed", "Tasks claimed", [task.id for task in tasks])
     return tasks
 
 
 def hand_over_due(conn: Connection, batch_size: int, handoff_seconds: float) -> list[AttemptRef]:
     """Reserve due tasks for the queue, oldest due first, without starting them."""
     refs = repository.hand_over_due(conn, batch_size, handoff_seconds)
-    if refs:
-        add_metric("TasksHandedOver", MetricUnit.Count, len(refs))
-        logger.info("Tasks handed over", extra={"task_ids": [ref.id for ref in refs]})
+    _announce("TasksHandedOver", "Tasks handed over", [ref.id for ref in refs])
     return refs
+
+
+def _announce(metric: str, message: str, task_ids: list[int]) -> None:
+    if task_ids:
+        add_metric(metric, MetricUnit.Count, len(task_ids))
+        logger.info(message, extra={"task_ids": task_ids})
 
 
 def release_handoffs(conn: Connection, refs: Sequence[AttemptRef]) -> int:

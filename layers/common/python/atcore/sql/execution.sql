@@ -12,13 +12,7 @@ WITH started AS (
         attempts = t.attempts + 1,
         lease_expires_at = now() + make_interval(secs => :lease_seconds),
         updated_at = now()
-    FROM (
-        SELECT id FROM scheduled_tasks
-        WHERE status = 'pending' AND queued_until IS NULL AND execute_at <= now()
-        ORDER BY execute_at
-        LIMIT :batch_size
-        FOR UPDATE SKIP LOCKED
-    ) AS due
+    FROM (SELECT id FROM due_tasks ORDER BY execute_at LIMIT :batch_size FOR UPDATE SKIP LOCKED) AS due
     WHERE t.id = due.id
     RETURNING t.id, t.task_type, t.payload, t.attempts, t.max_attempts, t.execute_at, t.attempts_before_retry
 ),
@@ -34,13 +28,7 @@ SELECT id, task_type, payload, attempts AS attempt, max_attempts, execute_at, no
 -- when another dispatcher may hand them over again, should their message never start them.
 UPDATE scheduled_tasks AS t
 SET queued_until = now() + make_interval(secs => :handoff_seconds)
-FROM (
-    SELECT id FROM scheduled_tasks
-    WHERE status = 'pending' AND queued_until IS NULL AND execute_at <= now()
-    ORDER BY execute_at
-    LIMIT :batch_size
-    FOR UPDATE SKIP LOCKED
-) AS due
+FROM (SELECT id FROM due_tasks ORDER BY execute_at LIMIT :batch_size FOR UPDATE SKIP LOCKED) AS due
 WHERE t.id = due.id
 RETURNING t.id, t.attempts + 1 AS attempt, t.execute_at
 
@@ -159,8 +147,7 @@ SELECT LEAST(
 -- How late the most overdue task that has not started is, in seconds (0 when none is due),
 -- whether it waits in the table or in the queue: the alarm metric.
 SELECT COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
-           (SELECT min(execute_at) FROM scheduled_tasks
-            WHERE status = 'pending' AND queued_until IS NULL AND execute_at <= now()),
+           (SELECT min(execute_at) FROM due_tasks),
            (SELECT min(execute_at) FROM scheduled_tasks WHERE queued_until IS NOT NULL)
        )), 0)::double precision
 
