@@ -13,10 +13,13 @@ export AWS_DEFAULT_REGION ?= us-east-1
 
 .PHONY: run test test-unit fuzz openapi lint validate checkov build migrate bench clean
 
-$(READY): requirements-dev.txt layers/common/requirements.txt
+# The layer (atcore), the migration runner (db/) and the repository's tools (devtools) are put on
+# the virtualenv's path once, by a .pth file, as /opt/python is on Lambda's: no sys.path edits.
+$(READY): requirements-dev.txt layers/common/requirements.txt Makefile
 	@test -n "$(PYTHON)" || { echo "AT needs Python 3.13 (python3.13 on PATH, or PYTHON=/path/to/python3.13)" >&2; exit 1; }
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "at.pth").write_text("".join(str(pathlib.Path(p).resolve()) + "\n" for p in ("layers/common/python", "db", ".")))'
 	touch $@
 
 run: $(READY)  ## serve the API (and run tasks) on http://127.0.0.1:$${API_PORT:-8080}
@@ -54,7 +57,7 @@ build: $(READY)
 	$(BIN)/sam build
 
 migrate: $(READY)  ## apply db/migrations to the DB_* database (DB_HOST must be set)
-	PYTHONPATH=layers/common/python $(BIN)/python db/migrate.py
+	$(BIN)/python db/migrate.py
 
 bench: $(READY)  ## benchmarks, not tests: figures into docs/BENCHMARKS.md (BENCH_ARGS="listing" runs one)
 	$(BIN)/python -m devtools.bench $(BENCH_ARGS)

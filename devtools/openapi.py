@@ -25,16 +25,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from devtools.support.template import api_function_folders
+
 ROOT = Path(__file__).resolve().parent.parent
-LAYER = ROOT / "layers" / "common" / "python"
 DOCUMENT = ROOT / "docs" / "openapi.json"
-# In the document's order: the collection, one task, health.
-API_FUNCTIONS = ("create_task", "list_tasks", "get_task", "cancel_task", "health")
 TITLE = "AT API"
 DESCRIPTION = (
     "AT schedules one-off tasks: create one for a time in the future, read, list and cancel it. "
     'Every error is a JSON body `{"error": "..."}` (validation errors add `details`). '
-    "Generated from the code by `python -m devtools.openapi`; the rules are in CONTRACT.md."
+    "Generated from the code by `python -m devtools.openapi`; every rule is in docs/API.md."
 )
 _UNUSED_STATUS = "422"  # Powertools documents 422 for validation errors; AT answers 400
 
@@ -45,8 +44,6 @@ def api_version() -> str:
 
 def load_resolver(function: str) -> Any:
     """functions/<function>/app.py's `app`, imported under a module name of its own."""
-    if str(LAYER) not in sys.path:
-        sys.path.insert(0, str(LAYER))
     spec = importlib.util.spec_from_file_location(f"_openapi_{function}", ROOT / "functions" / function / "app.py")
     if spec is None or spec.loader is None:
         raise ImportError(f"no functions/{function}/app.py")
@@ -59,7 +56,7 @@ def build_document() -> dict[str, Any]:
     from aws_lambda_powertools.event_handler.openapi.merge import OpenAPIMerge
 
     merge = OpenAPIMerge(title=TITLE, version=api_version(), description=DESCRIPTION, on_conflict="error")
-    for function in API_FUNCTIONS:
+    for function in api_function_folders():  # from template.yaml: the collection, one task, health
         merge.add_schema(
             json.loads(load_resolver(function).get_openapi_json_schema(title=TITLE, version=api_version()))
         )

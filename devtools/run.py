@@ -22,7 +22,6 @@ from pathlib import Path
 from devtools.lifetime import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYER = ROOT / "layers" / "common" / "python"
 LOCAL = ROOT / ".local"
 LOG = logging.getLogger("devtools.run")
 EMBEDDED_PORT = int(os.environ.get("AT_EMBEDDED_PG_PORT", "54329"))
@@ -51,9 +50,8 @@ def _start_database() -> object | None:
 
 
 def _start_engines(count: int) -> list[subprocess.Popen]:
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(LAYER), str(ROOT)])}
     parent = os.getpid()
-    return [subprocess.Popen([sys.executable, "-m", "devtools.engine"], cwd=ROOT, env=env,
+    return [subprocess.Popen([sys.executable, "-m", "devtools.engine"], cwd=ROOT,
                              preexec_fn=lambda: die_with_parent(parent))
             for _ in range(count)]
 
@@ -65,7 +63,6 @@ def _interrupt(*_: object) -> None:
 def main() -> None:
     for name, value in LOCAL_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    sys.path[:0] = [str(LAYER), str(ROOT / "db")]
     from devtools.local_api import configure_logging, create_local_api, default_processes
 
     configure_logging(os.environ["POWERTOOLS_LOG_LEVEL"].upper(), service="local-run")

@@ -30,17 +30,15 @@ import pg8000.native
 from devtools.lambda_env import LambdaContext
 from devtools.support.functions import lambda_context as _lambda_context
 from devtools.support.functions import load_event, load_function  # noqa: F401 - the benchmarks' too
+from devtools.support.template import api_function_folders
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / "layers" / "common" / "python"
 FUNCTIONS_DIR = ROOT / "functions"
 EVENTS_DIR = ROOT / "events"
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
-API_FUNCTIONS = ("create_task", "get_task", "cancel_task", "list_tasks", "health")
+API_FUNCTIONS = tuple(api_function_folders())  # from template.yaml
 
-for _path in (LAYER, ROOT / "db"):  # atcore and migrate, as the tests have them
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
 
 # --- statistics --------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ from devtools.bench.common import percentile
 from devtools.support.http import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYER = ROOT / "layers" / "common" / "python"
 
 
 class Stack:
@@ -50,7 +49,6 @@ class Stack:
         self.processes: list[subprocess.Popen] = []
 
     def start(self) -> None:
-        sys.path[:0] = [str(LAYER), str(ROOT / "db"), str(ROOT)]
         database = f"at_bench_{os.getpid()}"
         if os.environ.get("DB_HOST"):
             self.db_env = {k: os.environ[k] for k in ("DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD")

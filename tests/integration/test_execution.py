@@ -251,8 +251,7 @@ def test_engine_process_killed_mid_batch_every_task_ends_once_after_its_lease(sq
     with HttpSink(slow_first_attempts) as sink:
         insert_due_tasks(sql, 20, "http_callback", {"url": sink.url})
         # GIVEN an engine process that claimed the batch (2 s leases) and is mid-callback
-        env = os.environ | {"AT_LEASE_SECONDS": "2", "AT_HTTP_ALLOW_PRIVATE": "1", "POWERTOOLS_LOG_LEVEL": "WARNING",
-                            "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "common" / "python"), str(ROOT)])}
+        env = os.environ | {"AT_LEASE_SECONDS": "2", "AT_HTTP_ALLOW_PRIVATE": "1", "POWERTOOLS_LOG_LEVEL": "WARNING"}
         engine = subprocess.Popen([sys.executable, "-m", "devtools.engine"], cwd=ROOT, env=env)
         try:
             wait_for(lambda: len(sink.arrivals) >= 20, timeout=20)

@@ -42,18 +42,14 @@ from typing import Any
 import pytest
 from samcli.yamlhelper import yaml_parse
 
+from devtools.support.template import api_routes
+
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / "layers" / "common" / "python"
 SOURCE: dict[str, Any] = yaml_parse((ROOT / "template.yaml").read_text(encoding="utf-8"))
 PARAMETERS: dict[str, dict[str, Any]] = SOURCE["Parameters"]
 
-API_FUNCTIONS = {
-    "CreateTaskFunction": ("POST", "/api/v1/tasks"),
-    "GetTaskFunction": ("GET", "/api/v1/tasks/{id}"),
-    "CancelTaskFunction": ("DELETE", "/api/v1/tasks/{id}"),
-    "ListTasksFunction": ("GET", "/api/v1/tasks"),
-    "HealthFunction": ("GET", "/health"),
-}
+API_FUNCTIONS = {route.function: (route.method, route.path) for route in api_routes()}  # from template.yaml
 OTHER_FUNCTIONS = ("DispatcherFunction", "WorkerFunction", "MigrateFunction")
 FUNCTIONS = (*API_FUNCTIONS, *OTHER_FUNCTIONS)
 OPEN_ROUTES = {("GET", "/health")}

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.support.template import api_function_folders
+
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / "layers" / "common" / "python"
-API_FUNCTIONS = ["create_task", "get_task", "cancel_task", "list_tasks", "health"]
+API_FUNCTIONS = api_function_folders()  # from template.yaml
 
 PROBE = """
 import json, sys

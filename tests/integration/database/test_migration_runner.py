@@ -116,7 +116,7 @@ def test_two_cli_runs_waiting_on_the_lock_both_succeed_and_apply_once(database_s
     gate = conn_to(empty_db)
     gate.run("SELECT pg_advisory_lock(:key)", key=migrate._LOCK_KEY)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("DB_")}, **database_server.env(empty_db),
-           "PYTHONPATH": str(ROOT / "layers" / "common" / "python"), "POWERTOOLS_LOG_LEVEL": "ERROR"}
+           "POWERTOOLS_LOG_LEVEL": "ERROR"}
     runs = [
         subprocess.Popen([sys.executable, str(ROOT / "db" / "migrate.py")], env=env, cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
