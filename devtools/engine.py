@@ -92,6 +92,16 @@ class LocalEngine:
         with self._lock:
             self._unrecorded -= len(batch)
 
+    def wait_until_idle(self, timeout: float = 10.0) -> bool:
+        """Until every claimed task has been executed and recorded (tests); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._unrecorded == 0:
+                    return True
+            time.sleep(0.01)
+        return False
+
     def start(self) -> LocalEngine:
         keep_running = lambda: not self._stopping.is_set()  # noqa: E731
         threads = [threading.Thread(target=self._dispatcher.run, args=(keep_running,), name="at-dispatcher"),

@@ -197,7 +197,7 @@ def test_dispatcher_queues_each_due_task_once_and_leaves_future_ones_pending(sql
     result, elapsed = run_dispatcher(dispatcher)
 
     # It keeps polling for RUN_SECONDS (the next minute's invocation takes over), then returns.
-    assert RUN_SECONDS <= elapsed < RUN_SECONDS + 1.5, elapsed
+    assert RUN_SECONDS <= elapsed < RUN_SECONDS + 5, elapsed  # not forever: a busy machine may add a second
     assert result["ran_seconds"] >= RUN_SECONDS
     for task_id in due:  # handed over, not started: the worker starts them
         assert queued(task_row(sql, task_id))
@@ -214,7 +214,7 @@ def test_dispatcher_sends_a_task_that_falls_due_during_its_run_within_the_second
 
     def create_during_the_run() -> None:
         time.sleep(0.2)
-        execute_at = datetime.now(UTC) + timedelta(seconds=0.3)  # due ~0.5 s into the run
+        execute_at = datetime.now(UTC) + timedelta(seconds=0.05)  # due ~0.25 s into the run
         task = service.create_task(CreateTaskRequest(execute_at=execute_at.isoformat(), task_type="http_callback",
                                                      payload={"url": "http://127.0.0.1:9/unused"}))
         created.append((task.id, task.execute_at))
@@ -227,10 +227,11 @@ def test_dispatcher_sends_a_task_that_falls_due_during_its_run_within_the_second
     [(task_id, execute_at)] = created
     [message] = queue.receive_all()
     assert json.loads(message["Body"]) == {"id": task_id, "attempt": 1}
-    # Sent well within a second of falling due: the creation woke the sleeping dispatcher (NOTIFY),
-    # which then slept exactly until the task was due. Never early: PostgreSQL's now() decides.
+    # The creation woke the sleeping dispatcher (NOTIFY), which then slept until the task was due.
+    # Without the wake-up it would have slept on to its next look, ~0.75 s after the task fell due;
+    # the bound leaves a busy machine room. Never early: PostgreSQL's now() decides.
     lateness_ms = int(message["Attributes"]["SentTimestamp"]) - execute_at.timestamp() * 1000
-    assert -5 <= lateness_ms < 250, lateness_ms  # SentTimestamp is whole milliseconds
+    assert -5 <= lateness_ms < 500, lateness_ms  # SentTimestamp is whole milliseconds
     assert queued(task_row(sql, task_id))
 
 
@@ -245,7 +246,7 @@ def test_dispatcher_sends_25_due_tasks_in_batches_of_at_most_10(sql, queue, disp
         return send_message_batch(**kwargs)
 
     monkeypatch.setattr(client, "send_message_batch", counting_send_message_batch)
-    run_dispatcher(dispatcher)
+    dispatch_due()  # one pass of the function's sender
 
     assert sorted(batch_sizes) == [5, 10, 10]
     bodies = [json.loads(m["Body"]) for m in queue.receive_all()]
@@ -258,7 +259,7 @@ def test_dispatcher_sends_25_due_tasks_in_batches_of_at_most_10(sql, queue, disp
 def test_dispatcher_claims_nothing_when_the_invocation_is_about_to_time_out(sql, queue, dispatcher) -> None:
     task_id = insert_task(sql, in_seconds=-1)
     result, elapsed = run_dispatcher(dispatcher, nearly_timed_out_context())
-    assert elapsed < 1.0 and result["ran_seconds"] < 1.0
+    assert result["ran_seconds"] < 1.0 and elapsed < RUN_SECONDS  # it did not run its loop
     assert task_row(sql, task_id)["status"] == "pending"
     assert queue.receive_all() == []
 
@@ -469,13 +470,11 @@ def test_dispatcher_keeps_at_most_two_batches_per_worker_in_the_queue(sql, queue
 
 def test_a_hand_off_that_expired_is_sent_again_and_the_attempt_still_runs_once(sql, queue, worker,
                                                                               monkeypatch) -> None:
-    monkeypatch.setenv("AT_HANDOFF_SECONDS", "0.3")
-    env.reset()
     with HttpSink() as sink:
         task_id = insert_task(sql, in_seconds=-1, payload=callback(sink.url), max_attempts=1)
         # GIVEN a message that did not start its task in time (a slow queue, a lost worker)
         dispatch_due()
-        time.sleep(0.5)
+        sql.run("UPDATE scheduled_tasks SET queued_until = now() - interval '1 second' WHERE id = :id", id=task_id)
         with db.connection() as conn:
             assert execution.recover_expired_handoffs(conn) == [task_id]
         # WHEN the task is handed over again, and then both messages arrive
