@@ -11,7 +11,7 @@ CHECKOV_READY := $(CHECKOV_VENV)/.ready
 export SAM_CLI_TELEMETRY ?= 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: run test test-unit fuzz openapi lint validate checkov build migrate bench clean
+.PHONY: run test test-unit fuzz openapi check lint format hooks validate checkov build migrate bench clean
 
 # The layer (atcore), the migration runner (db/) and the repository's tools (devtools) are put on
 # the virtualenv's path once, by a .pth file, as /opt/python is on Lambda's: no sys.path edits.
@@ -43,9 +43,21 @@ $(CHECKOV_READY): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
 	touch $@
 
+check: lint  ## everything CI checks besides the tests: lint, format, types, template, security, JSON
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m devtools.check_json
+
 lint: $(READY) checkov
 	$(BIN)/ruff check .
 	$(BIN)/sam validate --lint
+
+format: $(READY)  ## ruff format (and the fixes ruff check can make)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+hooks: $(READY)  ## install the git pre-commit hooks (.pre-commit-config.yaml; they run the tools of .venv)
+	$(BIN)/pre-commit install
 
 checkov: $(CHECKOV_READY)  ## template.yaml's security checks; every skip in the template says why
 	$(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download

@@ -82,7 +82,8 @@ class TemplateSettings:
         with warnings.catch_warnings():  # SAM's template validation uses deprecated jsonschema APIs
             warnings.simplefilter("ignore", DeprecationWarning)
             stacks, _ = SamLocalStackProvider.get_stacks(
-                str(template), parameter_overrides=_REQUIRED_PARAMETERS | (parameters or {}))
+                str(template), parameter_overrides=_REQUIRED_PARAMETERS | (parameters or {})
+            )
         functions = SamFunctionProvider(stacks)
         resources = stacks[0].template_dict["Resources"]
         worker = functions.get("WorkerFunction")
@@ -100,16 +101,23 @@ class TemplateSettings:
                 batching_window_seconds=float(mapping.get("MaximumBatchingWindowInSeconds", 0)),
                 max_concurrency=int(mapping.get("ScalingConfig", {}).get("MaximumConcurrency", 1000)),
             ),
-            queue=QueueSettings(visibility_timeout=int(queue["VisibilityTimeout"]),
-                                max_receive_count=int(queue["RedrivePolicy"]["maxReceiveCount"])),
+            queue=QueueSettings(
+                visibility_timeout=int(queue["VisibilityTimeout"]),
+                max_receive_count=int(queue["RedrivePolicy"]["maxReceiveCount"]),
+            ),
             schedule_seconds=_rate_seconds(schedule),
         )
 
 
 def _spec(name: str, function: Any) -> FunctionSpec:
-    return FunctionSpec(name=name, code_uri=ROOT / function.codeuri, handler=function.handler,
-                        timeout_seconds=float(function.timeout), memory_mb=int(function.memory),
-                        environment={k: str(v) for k, v in (function.environment or {}).get("Variables", {}).items()})
+    return FunctionSpec(
+        name=name,
+        code_uri=ROOT / function.codeuri,
+        handler=function.handler,
+        timeout_seconds=float(function.timeout),
+        memory_mb=int(function.memory),
+        environment={k: str(v) for k, v in (function.environment or {}).get("Variables", {}).items()},
+    )
 
 
 def _rate_seconds(expression: str) -> float:
@@ -144,8 +152,14 @@ class MappingStats:
 class EventSourceMapping:
     """Lambda's SQS poller: at most max_concurrency invocations at once, each its own environment."""
 
-    def __init__(self, sqs: Any, queue_url: str, queue_arn: str, settings: MappingSettings,
-                 new_environment: Callable[[int], LambdaEnvironment]) -> None:
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        queue_arn: str,
+        settings: MappingSettings,
+        new_environment: Callable[[int], LambdaEnvironment],
+    ) -> None:
         self._sqs, self._url, self._arn, self._settings = sqs, queue_url, queue_arn, settings
         self._new_environment = new_environment
         self._stopping = threading.Event()
@@ -176,8 +190,20 @@ class EventSourceMapping:
             if environment is None:  # a cold start: this slot's first invocation
                 environment = self._new_environment(slot)
                 self.environments.append(environment)
-            event = {"Records": [sqs_record(m["MessageId"], m["ReceiptHandle"], m["Body"], m["Attributes"],
-                                            m.get("MessageAttributes"), m["MD5OfBody"], self._arn) for m in messages]}
+            event = {
+                "Records": [
+                    sqs_record(
+                        m["MessageId"],
+                        m["ReceiptHandle"],
+                        m["Body"],
+                        m["Attributes"],
+                        m.get("MessageAttributes"),
+                        m["MD5OfBody"],
+                        self._arn,
+                    )
+                    for m in messages
+                ]
+            }
             invocation = environment.invoke(event)
             failed = self._failed_ids(invocation, messages)
             done = [m for m in messages if m["MessageId"] not in failed]
@@ -195,8 +221,11 @@ class EventSourceMapping:
         while len(messages) < wanted and not self._stopping.is_set():
             wait = 1 if not messages else max(0, min(20, math.ceil(window_ends - time.monotonic())))
             batch = self._sqs.receive_message(
-                QueueUrl=self._url, MaxNumberOfMessages=min(10, wanted - len(messages)), WaitTimeSeconds=wait,
-                MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"],
+                QueueUrl=self._url,
+                MaxNumberOfMessages=min(10, wanted - len(messages)),
+                WaitTimeSeconds=wait,
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
             ).get("Messages", [])
             messages.extend(batch)
             if messages and (not batch or time.monotonic() >= window_ends):
@@ -218,17 +247,26 @@ class EventSourceMapping:
 
 
 class AwsTopology:
-    def __init__(self, db_env: dict[str, str], *, overrides: dict[str, str] | None = None,
-                 parameters: dict[str, str] | None = None, visibility_timeout: int | None = None,
-                 max_concurrency: int | None = None, batch_size: int | None = None,
-                 log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        db_env: dict[str, str],
+        *,
+        overrides: dict[str, str] | None = None,
+        parameters: dict[str, str] | None = None,
+        visibility_timeout: int | None = None,
+        max_concurrency: int | None = None,
+        batch_size: int | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
         self.settings = TemplateSettings.read(parameters=parameters)
         self._db_env, self._overrides = db_env, overrides or {}
         self._visibility_timeout = visibility_timeout or self.settings.queue.visibility_timeout
         mapping = self.settings.mapping
-        self.mapping_settings = MappingSettings(batch_size=batch_size or mapping.batch_size,
-                                                batching_window_seconds=mapping.batching_window_seconds,
-                                                max_concurrency=max_concurrency or mapping.max_concurrency)
+        self.mapping_settings = MappingSettings(
+            batch_size=batch_size or mapping.batch_size,
+            batching_window_seconds=mapping.batching_window_seconds,
+            max_concurrency=max_concurrency or mapping.max_concurrency,
+        )
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="at-aws-"))
         self._stack = contextlib.ExitStack()
         self.dispatcher_invocations: list[Invocation] = []
@@ -254,12 +292,23 @@ class AwsTopology:
 
         port = free_port()
         log = self._stack.enter_context(open(self.log_dir / "moto.log", "ab"))
-        moto = subprocess.Popen([sys.executable, "-m", "devtools.moto_sqs", "--port", str(port)],
-                                cwd=ROOT, stdout=log, stderr=log)
-        self._stack.callback(lambda: (moto.terminate(), moto.wait(10)))
+        moto = subprocess.Popen(
+            [sys.executable, "-m", "devtools.moto_sqs", "--port", str(port)], cwd=ROOT, stdout=log, stderr=log
+        )
+
+        def stop_moto() -> None:
+            moto.terminate()
+            moto.wait(10)
+
+        self._stack.callback(stop_moto)
         self.endpoint = f"http://127.0.0.1:{port}"
-        self.sqs = boto3.client("sqs", region_name=REGION, endpoint_url=self.endpoint,
-                                aws_access_key_id="testing", aws_secret_access_key="testing")
+        self.sqs = boto3.client(
+            "sqs",
+            region_name=REGION,
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         _wait_for(lambda: _answers(port), 20, "moto did not start")
         dlq_url = self.sqs.create_queue(QueueName="at-TaskDeadLetterQueue")["QueueUrl"]
         self.dlq_url = dlq_url
@@ -269,11 +318,20 @@ class AwsTopology:
             QueueName="at-TaskQueue",
             Attributes={"VisibilityTimeout": str(self._visibility_timeout), "RedrivePolicy": redrive},
         )["QueueUrl"]
-        self.mapping = EventSourceMapping(self.sqs, self.queue_url, self._arn(self.queue_url), self.mapping_settings,
-                                          lambda slot: self._environment(self.settings.worker, f"worker-{slot}"))
+        self.mapping = EventSourceMapping(
+            self.sqs,
+            self.queue_url,
+            self._arn(self.queue_url),
+            self.mapping_settings,
+            lambda slot: self._environment(self.settings.worker, f"worker-{slot}"),
+        )
         self.mapping.start()
         self._stack.callback(self.mapping.stop)
-        self._stack.callback(lambda: [environment.close() for environment in self.dispatchers])
+        self._stack.callback(self._close_dispatchers)
+
+    def _close_dispatchers(self) -> None:
+        for environment in self.dispatchers:
+            environment.close()
 
     def _arn(self, url: str) -> str:
         return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -286,9 +344,12 @@ class AwsTopology:
         machine = {
             "TASK_QUEUE_URL": self.queue_url,
             "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",  # moto's
-            "DB_SSLMODE": "disable", "DB_SECRET_ARN": "",
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",  # moto's
+            "DB_SSLMODE": "disable",
+            "DB_SECRET_ARN": "",
             "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon offline
             "AT_HTTP_ALLOW_PRIVATE": "1",  # the callback sink is on 127.0.0.1
             # What the template sets from the same values, for the event source as emulated here.
@@ -306,8 +367,11 @@ class AwsTopology:
         from devtools.make_events import scheduled_event
 
         with self._dispatcher_lock:
-            environment = self._idle_dispatchers.pop() if self._idle_dispatchers else self._environment(
-                self.settings.dispatcher, f"dispatcher-{len(self.dispatchers)}")
+            environment = (
+                self._idle_dispatchers.pop()
+                if self._idle_dispatchers
+                else self._environment(self.settings.dispatcher, f"dispatcher-{len(self.dispatchers)}")
+            )
             if environment not in self.dispatchers:
                 self.dispatchers.append(environment)
         try:
@@ -346,9 +410,9 @@ class AwsTopology:
 
     def queue_depths(self) -> tuple[int, int]:
         """(messages in the task queue, visible or in flight; messages in the dead-letter queue)."""
-        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-        main = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names)["Attributes"]
-        dead = self.sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=names)["Attributes"]
+        names: Any = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        main: Any = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names)["Attributes"]
+        dead: Any = self.sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=names)["Attributes"]
         return sum(int(main[n]) for n in names), sum(int(dead[n]) for n in names)
 
 

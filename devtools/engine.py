@@ -104,8 +104,10 @@ class LocalEngine:
 
     def start(self) -> LocalEngine:
         keep_running = lambda: not self._stopping.is_set()  # noqa: E731
-        threads = [threading.Thread(target=self._dispatcher.run, args=(keep_running,), name="at-dispatcher"),
-                   threading.Thread(target=self._record_forever, name="at-recorder")]
+        threads = [
+            threading.Thread(target=self._dispatcher.run, args=(keep_running,), name="at-dispatcher"),
+            threading.Thread(target=self._record_forever, name="at-recorder"),
+        ]
         threads += [threading.Thread(target=self._work_forever, name=f"at-worker-{n}") for n in range(self._workers)]
         for thread in threads:
             thread.daemon = True

@@ -88,9 +88,10 @@ class LambdaEnvironment:
     def invoke(self, event: Any) -> Invocation:
         init_ms = None
         if self._process is None:
-            init_ms = self._start()
-            if isinstance(init_ms, str):
-                return Invocation(None, init_ms, 0.0, None)
+            started = self._start()
+            if isinstance(started, str):  # the init failed
+                return Invocation(None, started, 0.0, None)
+            init_ms = started
         assert self._process is not None and self._process.stdin is not None
         request = {"event": event, "timeout_seconds": self.spec.timeout_seconds}
         self._process.stdin.write(json.dumps(request).encode() + b"\n")
@@ -107,11 +108,14 @@ class LambdaEnvironment:
         self._log = self._log or open(self._log_path, "ab")
         # Lambda's own variables, except AWS_LAMBDA_FUNCTION_NAME/_RUNTIME_API: code that sees
         # those believes it runs on Lambda (callbacks to loopback are then refused, for one).
-        env = self._environ | {"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.spec.memory_mb),
-                               "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13"}
+        env = self._environ | {
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.spec.memory_mb),
+            "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
+        }
         args = [sys.executable, "-m", "devtools.lambda_env", str(self.spec.code_uri), self.spec.handler, self.spec.name]
-        self._process = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=self._log)
+        self._process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log
+        )
         ready = self._read_reply(60.0)
         if ready is None or "init_error" in ready:
             self.close()
@@ -171,9 +175,12 @@ def _serve(handler_path: str, function_name: str) -> None:
     region = os.environ.get("AWS_REGION", "us-east-1")
     for line in sys.stdin:
         request = json.loads(line)
-        context = LambdaContext(function_name=function_name, memory_limit_in_mb=memory,
-                                invoked_function_arn=f"arn:aws:lambda:{region}:123456789012:function:{function_name}",
-                                timeout_seconds=request["timeout_seconds"])
+        context = LambdaContext(
+            function_name=function_name,
+            memory_limit_in_mb=memory,
+            invoked_function_arn=f"arn:aws:lambda:{region}:123456789012:function:{function_name}",
+            timeout_seconds=request["timeout_seconds"],
+        )
         began = time.perf_counter()
         try:
             reply: dict[str, Any] = {"result": handler(request["event"], context)}

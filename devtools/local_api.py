@@ -330,8 +330,10 @@ class _LocalRequestsOnly:
     def _refusal(self, environ: dict[str, Any]) -> str | None:
         host = environ.get("HTTP_HOST")
         if host is not None and not self._is_local(host):
-            return (f"Host {host!r} is not this local run's: it answers only requests addressed to "
-                    f"{', '.join(sorted(self._names))} (port {self._port})")
+            return (
+                f"Host {host!r} is not this local run's: it answers only requests addressed to "
+                f"{', '.join(sorted(self._names))} (port {self._port})"
+            )
         site = environ.get("HTTP_SEC_FETCH_SITE", "").lower()
         if site in ("cross-site", "same-site"):
             return f"cross-site request refused (Sec-Fetch-Site: {site}): use the local run from its own pages or curl"
@@ -508,7 +510,7 @@ def create_local_api(
         raise NoApisDefined(f"No APIs available in {template}")
     runner = InProcessLambdaRunner(functions)
     runner.preload(dict.fromkeys(route.function_name for route in api.routes))
-    service = _FreshRequestIdApigwService(api=api, lambda_runner=runner, port=port, host=host)  # type: ignore[arg-type]
+    service = _FreshRequestIdApigwService(api=api, lambda_runner=runner, port=port, host=host)
     service.create()
     for rule, view in (extra_routes or {}).items():
         service._app.add_url_rule(rule, endpoint=f"extra {rule}", view_func=view, methods=["GET"])
@@ -540,8 +542,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 or :: listens on every interface")
     parser.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8080")))
     parser.add_argument("--processes", type=int, default=int(os.environ.get("AT_API_PROCESSES") or default_processes()))
-    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                        help="another name or address clients use in Host (e.g. this machine's LAN address)")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name or address clients use in Host (e.g. this machine's LAN address)",
+    )
     args = parser.parse_args(argv)
 
     configure_logging()

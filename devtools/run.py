@@ -51,9 +51,12 @@ def _start_database() -> object | None:
 
 def _start_engines(count: int) -> list[subprocess.Popen]:
     parent = os.getpid()
-    return [subprocess.Popen([sys.executable, "-m", "devtools.engine"], cwd=ROOT,
-                             preexec_fn=lambda: die_with_parent(parent))
-            for _ in range(count)]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "devtools.engine"], cwd=ROOT, preexec_fn=lambda: die_with_parent(parent)
+        )
+        for _ in range(count)
+    ]
 
 
 def _interrupt(*_: object) -> None:

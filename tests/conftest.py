@@ -54,8 +54,13 @@ class Database:
             conn.close()
 
     def env(self, database: str) -> dict[str, str]:
-        env = {"DB_HOST": self.host, "DB_PORT": str(self.port), "DB_USER": self.user,
-               "DB_NAME": database, "DB_SSLMODE": "disable"}
+        env = {
+            "DB_HOST": self.host,
+            "DB_PORT": str(self.port),
+            "DB_USER": self.user,
+            "DB_NAME": database,
+            "DB_SSLMODE": "disable",
+        }
         if self.password:
             env["DB_PASSWORD"] = self.password
         return env
@@ -86,7 +91,9 @@ def database_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databa
 
     # tmpfs when there is one: initdb there takes half the time it takes on disk.
     shm = Path("/dev/shm")
-    data_dir = Path(tempfile.mkdtemp(prefix="at-pgdata-", dir=shm)) if shm.is_dir() else tmp_path_factory.mktemp("pgdata")
+    data_dir = (
+        Path(tempfile.mkdtemp(prefix="at-pgdata-", dir=shm)) if shm.is_dir() else tmp_path_factory.mktemp("pgdata")
+    )
     server = EmbeddedPostgres(data_dir, durable=False)
     server.start()
     try:
@@ -104,7 +111,9 @@ def database(database_server: Database) -> Iterator[str]:
     name = f"at_test_{uuid.uuid4().hex[:10]}"
     database_server.create_database(name)
     migrate_database(database_server.connect(name))
-    saved = {key: os.environ.get(key) for key in ("DB_HOST", "DB_PORT", "DB_USER", "DB_NAME", "DB_SSLMODE", "DB_PASSWORD")}
+    saved = {
+        key: os.environ.get(key) for key in ("DB_HOST", "DB_PORT", "DB_USER", "DB_NAME", "DB_SSLMODE", "DB_PASSWORD")
+    }
     os.environ.update(database_server.env(name))
     config.database_settings.cache_clear()
     db.reset()
@@ -156,8 +165,14 @@ def api(database: str, tmp_path_factory: pytest.TempPathFactory, request: pytest
     for name in ("AT_AWS_DELIVERY", "AT_EMAIL_FROM", "POWERTOOLS_LOG_LEVEL"):
         env.pop(name, None)
     with run.console.open("wb") as console:
-        process = subprocess.Popen([sys.executable, "-m", "devtools.run"], cwd=ROOT, env=env,
-                                   stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "devtools.run"],
+            cwd=ROOT,
+            env=env,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def console_tail(lines: int = 60) -> str:
         return "\n".join(run.console.read_text(errors="replace").splitlines()[-lines:])

@@ -1,8 +1,8 @@
 """`make bench`: run the benchmarks one after another; each rewrites its section of docs/BENCHMARKS.md.
 
-    python -m devtools.bench                     # all of them
-    python -m devtools.bench listing handlers    # some
-    python -m devtools.bench --quick listing     # fewer runs, smaller tables: while developing, not for the docs
+python -m devtools.bench                     # all of them
+python -m devtools.bench listing handlers    # some
+python -m devtools.bench --quick listing     # fewer runs, smaller tables: while developing, not for the docs
 """
 
 from __future__ import annotations

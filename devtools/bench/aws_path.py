@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devtools.bench import common
 
@@ -71,8 +72,20 @@ class Sink:
     def __init__(self, scratch: Path, delay_ms: float) -> None:
         self.out = scratch / "arrivals.jsonl"
         ready = scratch / "sink.port"
-        self._process = subprocess.Popen([sys.executable, "-m", "devtools.bench.sink", "--out", str(self.out),
-                                          "--ready-file", str(ready), "--delay-ms", str(delay_ms)], cwd=common.ROOT)
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "devtools.bench.sink",
+                "--out",
+                str(self.out),
+                "--ready-file",
+                str(ready),
+                "--delay-ms",
+                str(delay_ms),
+            ],
+            cwd=common.ROOT,
+        )
         while not ready.exists() or not ready.read_text():
             time.sleep(0.05)
         self.url = f"http://127.0.0.1:{ready.read_text()}/callback"
@@ -84,8 +97,9 @@ class Sink:
 
 
 def _transactions(conn) -> int:
-    return int(conn.run("SELECT xact_commit + xact_rollback FROM pg_stat_database "
-                        "WHERE datname = current_database()")[0][0])
+    return int(
+        conn.run("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")[0][0]
+    )
 
 
 def run_one(config: Config, scenario: Scenario, timeout: float) -> Result:
@@ -94,15 +108,25 @@ def run_one(config: Config, scenario: Scenario, timeout: float) -> Result:
     with common.bench_database() as database, tempfile.TemporaryDirectory(prefix="at-bench-aws-") as scratch:
         sink = Sink(Path(scratch), CALLBACK_DELAY_MS)
         overrides = {"POWERTOOLS_LOG_LEVEL": "WARNING"}
-        with AwsTopology(database.env(), overrides=overrides, batch_size=config.batch_size,
-                         max_concurrency=config.max_concurrency, log_dir=Path(scratch)) as aws:
+        with AwsTopology(
+            database.env(),
+            overrides=overrides,
+            batch_size=config.batch_size,
+            max_concurrency=config.max_concurrency,
+            log_dir=Path(scratch),
+        ) as aws:
             mapping = aws.mapping_settings
             conn = database.connect()
             payload = json.dumps({"url": sink.url, "method": "POST", "data": {"bench": True}})
-            conn.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload, max_attempts) "
-                     "SELECT now() + make_interval(secs => CAST(:lead AS float8) + CAST(:window AS float8) * i / :n), "
-                     "'http_callback', CAST(:payload AS jsonb), 3 FROM generate_series(0, :n - 1) AS i",
-                     lead=scenario.lead, window=scenario.window, n=scenario.tasks, payload=payload)
+            conn.run(
+                "INSERT INTO scheduled_tasks (execute_at, task_type, payload, max_attempts) "
+                "SELECT now() + make_interval(secs => CAST(:lead AS float8) + CAST(:window AS float8) * i / :n), "
+                "'http_callback', CAST(:payload AS jsonb), 3 FROM generate_series(0, :n - 1) AS i",
+                lead=scenario.lead,
+                window=scenario.window,
+                n=scenario.tasks,
+                payload=payload,
+            )
             conn.run("ANALYZE scheduled_tasks")
             transactions_before = _transactions(conn)
             began = time.monotonic()
@@ -120,8 +144,9 @@ def run_one(config: Config, scenario: Scenario, timeout: float) -> Result:
             conn.close()
             stats = aws.mapping.stats
             memory_gb = aws.settings.worker.memory_mb / 1024
-            result_parts = {
-                "invocations": stats.invocations, "cold_starts": stats.cold_starts,
+            result_parts: dict[str, Any] = {
+                "invocations": stats.invocations,
+                "cold_starts": stats.cold_starts,
                 "billed_gb_seconds": stats.billed_ms / 1000 * memory_gb,
                 "worker_cpu_seconds": sum(env.cpu_seconds() for env in aws.mapping.environments),
                 "dispatcher_cpu_seconds": sum(env.cpu_seconds() for env in aws.dispatchers),
@@ -136,34 +161,60 @@ def run_one(config: Config, scenario: Scenario, timeout: float) -> Result:
             duplicated += 1
         first.setdefault(task_id, at)
     lateness = [first[task_id] - due[task_id] for task_id in first if task_id in due]
-    return Result(config=config, scenario=scenario, lateness=lateness, lost=len(set(due) - set(first)),
-                  duplicated=duplicated, failed=sum(1 for row in rows if row[2] == "failed"),
-                  drain_seconds=drain, db_transactions=transactions, batch_size=mapping.batch_size,
-                  max_concurrency=mapping.max_concurrency, **result_parts)
+    return Result(
+        config=config,
+        scenario=scenario,
+        lateness=lateness,
+        lost=len(set(due) - set(first)),
+        duplicated=duplicated,
+        failed=sum(1 for row in rows if row[2] == "failed"),
+        drain_seconds=drain,
+        db_transactions=transactions,
+        batch_size=mapping.batch_size,
+        max_concurrency=mapping.max_concurrency,
+        **result_parts,
+    )
 
 
 def _row(result: Result) -> list[object]:
     late = result.lateness
     pct = (lambda p: f"{common.percentile(late, p):.2f}") if late else (lambda _p: "-")
-    return [result.config.name, f"{result.batch_size} x {result.max_concurrency}", result.scenario.name,
-            pct(50), pct(99), f"{max(late):.2f}" if late else "-", result.lost, result.duplicated, result.failed,
-            f"{result.drain_seconds:.1f}"]
+    return [
+        result.config.name,
+        f"{result.batch_size} x {result.max_concurrency}",
+        result.scenario.name,
+        pct(50),
+        pct(99),
+        f"{max(late):.2f}" if late else "-",
+        result.lost,
+        result.duplicated,
+        result.failed,
+        f"{result.drain_seconds:.1f}",
+    ]
 
 
 def _cost_row(result: Result) -> list[object]:
     per = 1000 / result.scenario.tasks
     sqs = sum(result.sqs_requests.values())
-    return [result.config.name, result.scenario.name, f"{result.invocations * per:.0f}",
-            f"{result.billed_gb_seconds * per:.2f}",
-            f"{result.billed_gb_seconds * per * LAMBDA_GB_SECOND_USD * 1000:.4f}",
-            f"{sqs * per:.0f}", f"{result.db_transactions * per:.0f}",
-            f"{result.worker_cpu_seconds * per:.2f}", f"{result.dispatcher_cpu_seconds * per:.2f}"]
+    return [
+        result.config.name,
+        result.scenario.name,
+        f"{result.invocations * per:.0f}",
+        f"{result.billed_gb_seconds * per:.2f}",
+        f"{result.billed_gb_seconds * per * LAMBDA_GB_SECOND_USD * 1000:.4f}",
+        f"{sqs * per:.0f}",
+        f"{result.db_transactions * per:.0f}",
+        f"{result.worker_cpu_seconds * per:.2f}",
+        f"{result.dispatcher_cpu_seconds * per:.2f}",
+    ]
 
 
 def run(quick: bool = False) -> str:
     configs = [Config("template defaults"), Config("recommended", batch_size=10, max_concurrency=20)]
-    scenarios = [Scenario("stress test: 4,000 due within a minute", 4000, 60.0),
-                 Scenario("burst: 20,000 due at once", 20000, 0.0)]
+    scenarios = [
+        Scenario("stress test: 4,000 due within a minute", 4000, 60.0),
+        Scenario("burst: 20,000 due at once", 20000, 0.0),
+    ]
     if quick:
         configs = configs[:1]
         scenarios = [Scenario("quick: 400 due within 10 s", 400, 10.0), Scenario("quick: 1,000 at once", 1000, 0.0)]
@@ -175,11 +226,35 @@ def run(quick: bool = False) -> str:
             results.append(result)
             print("   " + " | ".join(str(cell) for cell in _row(result)), flush=True)
     facts = common.machine_facts(None)
-    lateness = common.table(["settings", "batch x concurrency", "scenario", "lateness p50 s", "p99 s", "max s",
-                             "lost", "run twice", "failed", "drain s"], [_row(r) for r in results])
-    costs = common.table(["settings", "scenario", "worker invocations", "billed GB-s", "Lambda USD (worker)",
-                          "SQS requests", "DB transactions", "worker CPU s", "dispatcher CPU s"],
-                         [_cost_row(r) for r in results])
+    lateness = common.table(
+        [
+            "settings",
+            "batch x concurrency",
+            "scenario",
+            "lateness p50 s",
+            "p99 s",
+            "max s",
+            "lost",
+            "run twice",
+            "failed",
+            "drain s",
+        ],
+        [_row(r) for r in results],
+    )
+    costs = common.table(
+        [
+            "settings",
+            "scenario",
+            "worker invocations",
+            "billed GB-s",
+            "Lambda USD (worker)",
+            "SQS requests",
+            "DB transactions",
+            "worker CPU s",
+            "dispatcher CPU s",
+        ],
+        [_cost_row(r) for r in results],
+    )
     return f"""## The AWS execution path, offline (`aws_path`)
 
 {facts}
@@ -196,4 +271,3 @@ times its memory; DB transactions include the dispatcher's idle polling during t
 
 {costs}
 """
-

@@ -101,9 +101,12 @@ def _env(function_dir: Path, as_lambda: bool | str) -> dict[str, str]:
     is written (Lambda's /opt and /var/task are read-only)."""
     env = dict(BASE_ENV)
     if as_lambda:
-        env |= {"LAMBDA_TASK_ROOT": str(function_dir), "AWS_LAMBDA_FUNCTION_NAME": f"at-{function_dir.name}",
-                "POWERTOOLS_TRACE_DISABLED": "false" if as_lambda == TRACED else "true",
-                "PYTHONDONTWRITEBYTECODE": "1"}
+        env |= {
+            "LAMBDA_TASK_ROOT": str(function_dir),
+            "AWS_LAMBDA_FUNCTION_NAME": f"at-{function_dir.name}",
+            "POWERTOOLS_TRACE_DISABLED": "false" if as_lambda == TRACED else "true",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
     return env
 
 
@@ -211,7 +214,7 @@ def _size(size: int) -> str:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def measure(cases: dict[str, tuple[Path, Path, bool]], runs: int) -> tuple[dict, dict]:
+def measure(cases: dict[str, tuple[Path, Path, bool | str]], runs: int) -> tuple[dict, dict]:
     """{case: [seconds]} over `runs` interleaved rounds, and {case: modules imported}."""
     modules = {case: probe(*where)["modules"] for case, where in cases.items()}  # unmeasured
     samples: dict[str, list[float]] = defaultdict(list)
@@ -233,7 +236,7 @@ def run(quick: bool = False) -> str:
         bare = Path(scratch) / "bare"
         bare.mkdir()
         (bare / "app.py").write_text(BARE_APP)
-        cases = {BARE: (bare, common.LAYER, False)}
+        cases: dict[str, tuple[Path, Path, bool | str]] = {BARE: (bare, common.LAYER, False)}
         cases |= {name: (path, common.LAYER, False) for name, path in functions.items()}
         cases |= {f"{name} as on Lambda": (functions[name], lambda_layer, True) for name in api}
         cases |= {f"{name} as on Lambda, traced": (functions[name], lambda_layer, TRACED) for name in api}
@@ -252,7 +255,8 @@ def run(quick: bool = False) -> str:
                 report.importtime[name] = import_times(function, layer, True)
             # "As on Lambda" from the packaged layer, as in the table above; prototypes patch a copy of
             # the source layer (their dependencies come from the venv).
-            fix_cases = {f"{PROTOTYPE_FUNCTION}{suffix}": (function, lambda_layer if lam else common.LAYER, lam)
+            fix_cases: dict[str, tuple[Path, Path, bool | str]] = {
+                f"{PROTOTYPE_FUNCTION}{suffix}": (function, lambda_layer if lam else common.LAYER, lam)
                          for suffix, lam in _WAYS}  # fmt: skip
             fix_cases |= {f"{name}{suffix}": (function, layer, lam) for name, layer in prototypes.items()
                           for suffix, lam in _WAYS}  # fmt: skip
@@ -374,8 +378,10 @@ class Report:
         lines += [
             f"The same variants timed like the table above ({self.runs} interleaved runs each):",
             "",
-            common.table(["variant", "init ms", "as on Lambda ms", "modules as on Lambda", "AWS SDK",
-                          "AWS SDK as on Lambda"], rows),
+            common.table(
+                ["variant", "init ms", "as on Lambda ms", "modules as on Lambda", "AWS SDK", "AWS SDK as on Lambda"],
+                rows,
+            ),
             "",
             f"Import tree of {PROTOTYPE_FUNCTION} as on Lambda, now (imports of ≥ 15 ms, cumulative):",
             "",
@@ -401,7 +407,8 @@ class Report:
         return [
             common.table(["artifact", "files", "unpacked", "zip"], rows),
             "",
-            "The layer's biggest parts, unpacked: " + ", ".join(f"`{name}` {_size(size)}" for size, name in parts[:7])
+            "The layer's biggest parts, unpacked: "
+            + ", ".join(f"`{name}` {_size(size)}" for size, name in parts[:7])
             + ".",
             "",
             "Lambda's limits: 250 MiB unpacked for a function and its layers together; 50 MiB zipped for a direct "

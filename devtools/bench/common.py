@@ -40,7 +40,6 @@ DOCS = ROOT / "docs" / "BENCHMARKS.md"
 API_FUNCTIONS = tuple(api_function_folders())  # from template.yaml
 
 
-
 # --- statistics --------------------------------------------------------------------------------
 
 

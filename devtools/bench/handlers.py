@@ -290,7 +290,13 @@ def run(quick: bool = False) -> str:
         common.table(headers, rows),
     ]
     for op, text in profiles.items():
-        lines += ["", f"### Where the {op} handler's time goes (cProfile, {profile_calls} calls)", "",
-                  "cProfile slows Python code more than waiting, so the Python layers look bigger here "
-                  "than in the table above; compare them with each other.", "", text]
+        lines += [
+            "",
+            f"### Where the {op} handler's time goes (cProfile, {profile_calls} calls)",
+            "",
+            "cProfile slows Python code more than waiting, so the Python layers look bigger here "
+            "than in the table above; compare them with each other.",
+            "",
+            text,
+        ]
     return "\n".join(lines)

@@ -30,6 +30,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pg8000.native
 
@@ -45,18 +46,22 @@ class Stack:
     def __init__(self, dispatchers: int, workers: int) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="at-bench-"))
         self.dispatchers, self.workers = dispatchers, workers
-        self.server = None
+        self.server: Any = None
         self.processes: list[subprocess.Popen] = []
 
     def start(self) -> None:
         database = f"at_bench_{os.getpid()}"
         if os.environ.get("DB_HOST"):
-            self.db_env = {k: os.environ[k] for k in ("DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD")
-                           if os.environ.get(k)} | {"DB_NAME": database, "DB_SSLMODE": "disable"}
-            admin = pg8000.native.Connection(user=self.db_env.get("DB_USER", "postgres"), host=self.db_env["DB_HOST"],
-                                             port=int(self.db_env.get("DB_PORT", 5432)),
-                                             password=self.db_env.get("DB_PASSWORD"),
-                                             database=os.environ.get("DB_NAME", "postgres"))
+            self.db_env = {
+                k: os.environ[k] for k in ("DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD") if os.environ.get(k)
+            } | {"DB_NAME": database, "DB_SSLMODE": "disable"}
+            admin = pg8000.native.Connection(
+                user=self.db_env.get("DB_USER", "postgres"),
+                host=self.db_env["DB_HOST"],
+                port=int(self.db_env.get("DB_PORT", 5432)),
+                password=self.db_env.get("DB_PASSWORD"),
+                database=os.environ.get("DB_NAME", "postgres"),
+            )
             admin.run(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             admin.run(f'CREATE DATABASE "{database}"')
             admin.close()
@@ -68,16 +73,27 @@ class Stack:
             self.db_env = self.server.env(database)
         self.sink_out = self.tmp / "arrivals.jsonl"
         ready = self.tmp / "sink.port"
-        self.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "devtools.bench.sink", "--out", str(self.sink_out), "--ready-file", str(ready)],
-            cwd=ROOT))
+        self.processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "devtools.bench.sink", "--out", str(self.sink_out), "--ready-file", str(ready)],
+                cwd=ROOT,
+            )
+        )
         while not ready.exists() or not ready.read_text():
             time.sleep(0.05)
         self.sink_url = f"http://127.0.0.1:{ready.read_text()}/callback"
         self.api_port = free_port()
-        env = os.environ | self.db_env | {
-            "API_PORT": str(self.api_port), "AT_DISPATCHERS": str(self.dispatchers), "AT_WORKERS": str(self.workers),
-            "POWERTOOLS_LOG_LEVEL": "WARNING", "AT_OUTBOX_DIR": str(self.tmp / "outbox")}
+        env = (
+            os.environ
+            | self.db_env
+            | {
+                "API_PORT": str(self.api_port),
+                "AT_DISPATCHERS": str(self.dispatchers),
+                "AT_WORKERS": str(self.workers),
+                "POWERTOOLS_LOG_LEVEL": "WARNING",
+                "AT_OUTBOX_DIR": str(self.tmp / "outbox"),
+            }
+        )
         self.processes.append(subprocess.Popen([sys.executable, "-m", "devtools.run"], cwd=ROOT, env=env))
         self.api = f"http://127.0.0.1:{self.api_port}"
         deadline = time.monotonic() + 60
@@ -92,9 +108,13 @@ class Stack:
 
     def connect(self) -> pg8000.native.Connection:
         env = self.db_env
-        return pg8000.native.Connection(user=env.get("DB_USER", "postgres"), host=env["DB_HOST"],
-                                        port=int(env.get("DB_PORT", 5432)), password=env.get("DB_PASSWORD"),
-                                        database=env["DB_NAME"])
+        return pg8000.native.Connection(
+            user=env.get("DB_USER", "postgres"),
+            host=env["DB_HOST"],
+            port=int(env.get("DB_PORT", 5432)),
+            password=env.get("DB_PASSWORD"),
+            database=env["DB_NAME"],
+        )
 
     def arrivals(self) -> list[tuple[int, int, float]]:
         sink = self.processes[0]
@@ -123,10 +143,19 @@ def create_over_http(stack: Stack, tasks: int, clients: int, window: float) -> t
         nonlocal errors
         for _ in range(count):
             due = datetime.now(UTC) + timedelta(seconds=random.uniform(1.0, window))
-            body = json.dumps({"execute_at": due.isoformat(), "task_type": "http_callback",
-                               "payload": {"url": stack.sink_url, "method": "POST", "data": {"bench": True}}})
-            request = urllib.request.Request(f"{stack.api}/api/v1/tasks", data=body.encode(), method="POST",
-                                             headers={"Content-Type": "application/json"})
+            body = json.dumps(
+                {
+                    "execute_at": due.isoformat(),
+                    "task_type": "http_callback",
+                    "payload": {"url": stack.sink_url, "method": "POST", "data": {"bench": True}},
+                }
+            )
+            request = urllib.request.Request(
+                f"{stack.api}/api/v1/tasks",
+                data=body.encode(),
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
             started = time.perf_counter()
             failure = None
             try:
@@ -158,7 +187,11 @@ def create_over_sql(stack: Stack, tasks: int, window: float, lead: float) -> Non
         "SELECT now() + make_interval(secs => CAST(:lead AS float8) + CAST(:window AS float8) * i / :n), "
         "'http_callback', CAST(:payload AS jsonb) "
         "FROM generate_series(1, :n) AS i",
-        lead=lead, window=window, n=tasks, payload=payload)
+        lead=lead,
+        window=window,
+        n=tasks,
+        payload=payload,
+    )
     conn.run("ANALYZE scheduled_tasks")
     conn.close()
 
@@ -203,14 +236,23 @@ def summarize(tasks: int, due: dict[int, float], completed: int, arrivals: list[
         "lost": tasks - len(first_arrival),
         "duplicates": duplicates,
         "early": sum(1 for value in lateness if value < 0),
-        "lateness_p50": percentile(lateness, 50), "lateness_p95": percentile(lateness, 95),
-        "lateness_p99": percentile(lateness, 99), "lateness_max": max(lateness, default=float("nan")),
+        "lateness_p50": percentile(lateness, 50),
+        "lateness_p95": percentile(lateness, 95),
+        "lateness_p99": percentile(lateness, 99),
+        "lateness_max": max(lateness, default=float("nan")),
         "throughput_per_s": len(starts) / span if span else float("nan"),
     }
 
 
-def run_scenario(tasks: int, clients: int = 40, window: float = 60.0, dispatchers: int = 1, workers: int = 32,
-                 create: str = "http", lead: float = 15.0) -> dict:
+def run_scenario(
+    tasks: int,
+    clients: int = 40,
+    window: float = 60.0,
+    dispatchers: int = 1,
+    workers: int = 32,
+    create: str = "http",
+    lead: float = 15.0,
+) -> dict:
     stack = Stack(dispatchers, workers)
     try:
         stack.start()
@@ -219,11 +261,15 @@ def run_scenario(tasks: int, clients: int = 40, window: float = 60.0, dispatcher
             began = time.perf_counter()
             latencies, errors = create_over_http(stack, tasks, clients, window)
             elapsed = time.perf_counter() - began
-            result |= {"clients": clients, "create_errors": errors, "creates_per_s": tasks / elapsed,
-                       "create_p50_ms": percentile(latencies, 50) * 1000,
-                       "create_p95_ms": percentile(latencies, 95) * 1000,
-                       "create_p99_ms": percentile(latencies, 99) * 1000,
-                       "create_mean_ms": statistics.fmean(latencies) * 1000}
+            result |= {
+                "clients": clients,
+                "create_errors": errors,
+                "creates_per_s": tasks / elapsed,
+                "create_p50_ms": percentile(latencies, 50) * 1000,
+                "create_p95_ms": percentile(latencies, 95) * 1000,
+                "create_p99_ms": percentile(latencies, 99) * 1000,
+                "create_mean_ms": statistics.fmean(latencies) * 1000,
+            }
             wait_until_done(stack, tasks, timeout=window + 120)
         else:
             create_over_sql(stack, tasks, window, lead)
@@ -236,16 +282,24 @@ def run_scenario(tasks: int, clients: int = 40, window: float = 60.0, dispatcher
 
 # The issue's scenarios: the original's stress test, then 100,000 tasks due within a minute.
 SCENARIOS: list[tuple[str, dict]] = [
-    ("4,000 tasks due within a minute, created over HTTP by 40 clients (the original's stress test)",
-     {"tasks": 4000, "clients": 40, "window": 60.0, "dispatchers": 1, "create": "http"}),
-    ("100,000 tasks due within a minute, 1 engine process",
-     {"tasks": 100_000, "window": 60.0, "dispatchers": 1, "create": "sql", "lead": 15.0}),
-    ("100,000 tasks due within a minute, 4 engine processes",
-     {"tasks": 100_000, "window": 60.0, "dispatchers": 4, "create": "sql", "lead": 15.0}),
+    (
+        "4,000 tasks due within a minute, created over HTTP by 40 clients (the original's stress test)",
+        {"tasks": 4000, "clients": 40, "window": 60.0, "dispatchers": 1, "create": "http"},
+    ),
+    (
+        "100,000 tasks due within a minute, 1 engine process",
+        {"tasks": 100_000, "window": 60.0, "dispatchers": 1, "create": "sql", "lead": 15.0},
+    ),
+    (
+        "100,000 tasks due within a minute, 4 engine processes",
+        {"tasks": 100_000, "window": 60.0, "dispatchers": 4, "create": "sql", "lead": 15.0},
+    ),
 ]
 QUICK_SCENARIOS: list[tuple[str, dict]] = [
-    ("400 tasks due within 10 s, created over HTTP by 10 clients",
-     {"tasks": 400, "clients": 10, "window": 10.0, "dispatchers": 1, "create": "http"}),
+    (
+        "400 tasks due within 10 s, created over HTTP by 10 clients",
+        {"tasks": 400, "clients": 10, "window": 10.0, "dispatchers": 1, "create": "http"},
+    ),
     ("5,000 tasks due within 10 s, 1 engine process", {"tasks": 5000, "window": 10.0, "create": "sql", "lead": 8.0}),
 ]
 
@@ -254,27 +308,58 @@ def run(quick: bool = False) -> str:
     """Every scenario, as the markdown section of docs/BENCHMARKS.md (`make bench`)."""
     from devtools.bench.common import load_average, machine_facts, table
 
-    lines = ["## Scheduled execution: lateness and throughput through the local run", "",
-             machine_facts(None), "",
-             "Each scenario starts a fresh durable embedded PostgreSQL, a callback sink (its own process) and "
-             "`python -m devtools.run` with AT_DISPATCHERS engine processes (32 worker threads each) and the API "
-             "pre-forked on both cores. Every task is an `http_callback` to the sink; lateness is the sink's "
-             "arrival time minus `execute_at`. HTTP-created tasks are each due 1 s to 60 s after their creation; "
-             "SQL-created ones are inserted in one statement, due uniformly over the minute starting 15 s later. "
-             "POWERTOOLS_LOG_LEVEL=WARNING.", "",
-             "**Goals:** stress test lateness p99 <= 0.25 s with zero lost, duplicates and create errors; "
-             "100,000 tasks: lateness p99 <= 1 s.", ""]
+    lines = [
+        "## Scheduled execution: lateness and throughput through the local run",
+        "",
+        machine_facts(None),
+        "",
+        "Each scenario starts a fresh durable embedded PostgreSQL, a callback sink (its own process) and "
+        "`python -m devtools.run` with AT_DISPATCHERS engine processes (32 worker threads each) and the API "
+        "pre-forked on both cores. Every task is an `http_callback` to the sink; lateness is the sink's "
+        "arrival time minus `execute_at`. HTTP-created tasks are each due 1 s to 60 s after their creation; "
+        "SQL-created ones are inserted in one statement, due uniformly over the minute starting 15 s later. "
+        "POWERTOOLS_LOG_LEVEL=WARNING.",
+        "",
+        "**Goals:** stress test lateness p99 <= 0.25 s with zero lost, duplicates and create errors; "
+        "100,000 tasks: lateness p99 <= 1 s.",
+        "",
+    ]
     rows = []
     for title, scenario in QUICK_SCENARIOS if quick else SCENARIOS:
         result = run_scenario(**scenario)
-        creates = (f"{result['creates_per_s']:.0f}/s; {result['create_p50_ms']:.0f} / {result['create_p95_ms']:.0f}"
-                   f" / {result['create_p99_ms']:.0f} ms; {result['create_errors']} errors"
-                   if "creates_per_s" in result else "SQL")
-        rows.append([title, creates, result["lost"], result["duplicates"], result["early"],
-                     " / ".join(f"{result[k]:.3f}" for k in ("lateness_p50", "lateness_p95", "lateness_p99")),
-                     f"{result['lateness_max']:.3f}", f"{result['throughput_per_s']:.0f}"])
-    lines.append(table(["scenario", "creates (rate; p50 / p95 / p99)", "lost", "duplicates", "early",
-                        "lateness p50 / p95 / p99 s", "max s", "tasks/s"], rows))
+        creates = (
+            f"{result['creates_per_s']:.0f}/s; {result['create_p50_ms']:.0f} / {result['create_p95_ms']:.0f}"
+            f" / {result['create_p99_ms']:.0f} ms; {result['create_errors']} errors"
+            if "creates_per_s" in result
+            else "SQL"
+        )
+        rows.append(
+            [
+                title,
+                creates,
+                result["lost"],
+                result["duplicates"],
+                result["early"],
+                " / ".join(f"{result[k]:.3f}" for k in ("lateness_p50", "lateness_p95", "lateness_p99")),
+                f"{result['lateness_max']:.3f}",
+                f"{result['throughput_per_s']:.0f}",
+            ]
+        )
+    lines.append(
+        table(
+            [
+                "scenario",
+                "creates (rate; p50 / p95 / p99)",
+                "lost",
+                "duplicates",
+                "early",
+                "lateness p50 / p95 / p99 s",
+                "max s",
+                "tasks/s",
+            ],
+            rows,
+        )
+    )
     lines += ["", f"Load average at the end: {load_average()}."]
     return "\n".join(lines)
 

@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,7 +171,7 @@ def current_sql() -> str:
     return query("list_tasks")
 
 
-def with_literals(sql: str, params: dict[str, object]) -> str:
+def with_literals(sql: str, params: Mapping[str, object]) -> str:
     """The statement with its :params replaced by SQL literals, for EXPLAIN."""
     return re.sub(r"(?<![:\w]):(\w+)", lambda m: pg8000.native.literal(params[m.group(1)]), sql)
 
@@ -229,8 +229,14 @@ def time_listing(handler, counts: dict, cases: list[tuple], runs: int) -> dict[t
 def explain(conn: pg8000.native.Connection, sql: str, status: str | None, task_type: str | None) -> str:
     from atcore.api import PAGE_BUDGET
 
-    params = {"status": status, "task_type": task_type, "before_id": None, "limit": LIMIT + 1, "offset": 0,
-              "max_bytes": PAGE_BUDGET}  # as atcore.repository.list_tasks passes them
+    params = {
+        "status": status,
+        "task_type": task_type,
+        "before_id": None,
+        "limit": LIMIT + 1,
+        "offset": 0,
+        "max_bytes": PAGE_BUDGET,
+    }  # as atcore.repository.list_tasks passes them
     lines = [row[0] for row in conn.run("EXPLAIN (ANALYZE, BUFFERS) " + with_literals(sql, params))]
     return trim_plan("\n".join(lines))
 
@@ -254,27 +260,40 @@ def time_writes(connections: dict[str, pg8000.native.Connection], runs: int) -> 
     from atcore.sql import query
 
     operations = ("create", "cancel", "claim 500", "record 500 outcomes")
-    samples = {name: {op: [] for op in operations} for name in connections}
+    samples: dict[str, dict[str, list[float]]] = {name: {op: [] for op in operations} for name in connections}
     for i in range(runs):
         for name, conn in connections.items():
             began = time.perf_counter()
-            task_id = conn.run(query("create_task"), execute_at="2099-01-01T00:00:00Z", task_type=TASK_TYPES[i % 20],
-                               payload='{"to": "a@example.com"}', max_attempts=3, wake_horizon_seconds=1.0)[0][0]
+            task_id = conn.run(
+                query("create_task"),
+                execute_at="2099-01-01T00:00:00Z",
+                task_type=TASK_TYPES[i % 20],
+                payload='{"to": "a@example.com"}',
+                max_attempts=3,
+                wake_horizon_seconds=1.0,
+            )[0][0]
             samples[name]["create"].append(time.perf_counter() - began)
             began = time.perf_counter()
             conn.run(query("cancel_task"), id=task_id)
             samples[name]["cancel"].append(time.perf_counter() - began)
             if i % 10:
                 continue
-            conn.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
-                     "SELECT now() - interval '1 second', 'send_email', '{}' FROM generate_series(1, 500)")
+            conn.run(
+                "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
+                "SELECT now() - interval '1 second', 'send_email', '{}' FROM generate_series(1, 500)"
+            )
             began = time.perf_counter()
             claimed = conn.run(query("claim_due_tasks"), batch_size=500, lease_seconds=120)
             samples[name]["claim 500"].append(time.perf_counter() - began)
             began = time.perf_counter()
-            conn.run(query("record_outcomes"), ids=[r[0] for r in claimed], attempts=[r[3] for r in claimed],
-                     succeeded=[True] * len(claimed), errors=[None] * len(claimed),
-                     retry_in_seconds=[None] * len(claimed))
+            conn.run(
+                query("record_outcomes"),
+                ids=[r[0] for r in claimed],
+                attempts=[r[3] for r in claimed],
+                succeeded=[True] * len(claimed),
+                errors=[None] * len(claimed),
+                retry_in_seconds=[None] * len(claimed),
+            )
             samples[name]["record 500 outcomes"].append(time.perf_counter() - began)
     return samples
 
@@ -365,7 +384,8 @@ class Report:
             f"`INSERT … SELECT … FROM generate_series` in {self.load_s:.1f} s (triggers on; into a database "
             f"with 0001 only: {self.before_load_s:.1f} s), then `VACUUM ANALYZE` in {self.vacuum_s:.1f} s; "
             f"table + indexes {self.size}. Statuses: "
-            + ", ".join(f"{s} {100 * n / self.rows:.0f}%" for s, n in self.statuses) + f"; {len(self.types)} "
+            + ", ".join(f"{s} {100 * n / self.rows:.0f}%" for s, n in self.statuses)
+            + f"; {len(self.types)} "
             f"task types, skewed ({top_type} {100 * top_n / self.rows:.0f}% … {last_type} "
             f"{100 * last_n / self.rows:.0f}%).",
             "",
@@ -386,8 +406,14 @@ class Report:
         headers = ["filter", "offset", "total", "p50 ms", "p95 ms", "exact", f"{BEFORE}: p50 ms", "p95 ms"]
         rows = []
         for (status, task_type, offset), case in now.items():
-            row = [describe(status, task_type), f"{offset:,}", f"{self.counts[(status, task_type)]:,}",
-                   ms(case["p50"]), ms(case["p95"]) + self._flag(offset, case), "yes" if case["exact"] else "**no**"]
+            row = [
+                describe(status, task_type),
+                f"{offset:,}",
+                f"{self.counts[(status, task_type)]:,}",
+                ms(case["p50"]),
+                ms(case["p95"]) + self._flag(offset, case),
+                "yes" if case["exact"] else "**no**",
+            ]
             if old := before.get((status, task_type, offset)):
                 row += [ms(old["p50"]), ms(old["p95"]) + self._flag(offset, old) + ("" if old["exact"] else " inexact")]
             else:
@@ -395,18 +421,41 @@ class Report:
             rows.append(row)
         lines += [common.table(headers, rows), "", "✗: misses the goal (which is for offset 0 only)."]
         if self.writes:
-            lines += ["", "What 0002's triggers cost the write paths (raw SQL on the same data, the two databases "
-                      "taking turns; p50 / p95 ms):", ""]
+            lines += [
+                "",
+                "What 0002's triggers cost the write paths (raw SQL on the same data, the two databases "
+                "taking turns; p50 / p95 ms):",
+                "",
+            ]
             operations = list(next(iter(self.writes.values())))
-            lines.append(common.table(["operation", *self.writes], [
-                [op, *(f"{ms(common.p50(w[op]))} / {ms(common.p95(w[op]))}" for w in self.writes.values())]
-                for op in operations
-            ]))
-        lines += ["", "### Plans", "", "`EXPLAIN (ANALYZE, BUFFERS)` of the current list query at offset 0, with "
-                  "literal values (cost estimates trimmed).", ""]
+            lines.append(
+                common.table(
+                    ["operation", *self.writes],
+                    [
+                        [op, *(f"{ms(common.p50(w[op]))} / {ms(common.p95(w[op]))}" for w in self.writes.values())]
+                        for op in operations
+                    ],
+                )
+            )
+        lines += [
+            "",
+            "### Plans",
+            "",
+            "`EXPLAIN (ANALYZE, BUFFERS)` of the current list query at offset 0, with "
+            "literal values (cost estimates trimmed).",
+            "",
+        ]
         for (status, task_type), plan in self.plans.items():
-            lines += [f"<details><summary>{describe(status, task_type)}</summary>", "", "```", plan, "```", "",
-                      "</details>", ""]
+            lines += [
+                f"<details><summary>{describe(status, task_type)}</summary>",
+                "",
+                "```",
+                plan,
+                "```",
+                "",
+                "</details>",
+                "",
+            ]
         return "\n".join(lines)
 
     @staticmethod

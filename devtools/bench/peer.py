@@ -441,8 +441,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2_000)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--window", type=float, default=WINDOW_S)
-    parser.add_argument("--polling-interval", type=float, help="procrastinate's fetch_job_polling_interval, s "
-                        "(default: 12.5 ms x processes)")
+    parser.add_argument(
+        "--polling-interval",
+        type=float,
+        help="procrastinate's fetch_job_polling_interval, s (default: 12.5 ms x processes)",
+    )
     parser.add_argument("--skip-at", action="store_true", help="run procrastinate only")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help=argparse.SUPPRESS)

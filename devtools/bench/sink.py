@@ -29,8 +29,9 @@ def _header(head: bytes, name: bytes) -> bytes | None:
     return None
 
 
-async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, recorder: Recorder,
-                           delay: float = 0.0) -> None:
+async def serve_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, recorder: Recorder, delay: float = 0.0
+) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -52,8 +53,9 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 async def main_async(port: int, out: str, ready_file: str | None, delay: float = 0.0) -> None:
     recorder = Recorder()
-    server = await asyncio.start_server(lambda r, w: serve_connection(r, w, recorder, delay), "127.0.0.1", port,
-                                        backlog=1024)
+    server = await asyncio.start_server(
+        lambda r, w: serve_connection(r, w, recorder, delay), "127.0.0.1", port, backlog=1024
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -55,6 +55,11 @@ def point_database_at(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> N
 
 def empty_every_table(conn: Any) -> None:
     """Every table the migrations made, whatever they are (a named list would miss the next one)."""
-    tables = [row[0] for row in conn.run("SELECT quote_ident(tablename) FROM pg_tables "
-                                         "WHERE schemaname = 'public' AND tablename <> 'schema_migrations'")]
+    tables = [
+        row[0]
+        for row in conn.run(
+            "SELECT quote_ident(tablename) FROM pg_tables "
+            "WHERE schemaname = 'public' AND tablename <> 'schema_migrations'"
+        )
+    ]
     conn.run(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")

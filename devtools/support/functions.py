@@ -17,9 +17,12 @@ FUNCTIONS_DIR = ROOT / "functions"
 
 def lambda_context(timeout_seconds: float = 10.0, function_name: str = "at-test") -> LambdaContext:
     """A fresh invocation's context: `timeout_seconds` left (the API functions' timeout by default)."""
-    return LambdaContext(function_name=function_name, memory_limit_in_mb="256",
-                         invoked_function_arn=f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}",
-                         timeout_seconds=timeout_seconds)
+    return LambdaContext(
+        function_name=function_name,
+        memory_limit_in_mb="256",
+        invoked_function_arn=f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}",
+        timeout_seconds=timeout_seconds,
+    )
 
 
 def load_event(name: str, **overrides: Any) -> dict[str, Any]:

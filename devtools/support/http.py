@@ -15,8 +15,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def request(method: str, url: str, body: bytes | str | None = None, headers: dict | None = None
-            ) -> tuple[int, Any, str | None]:
+def request(
+    method: str, url: str, body: bytes | str | None = None, headers: dict | None = None
+) -> tuple[int, Any, str | None]:
     """One HTTP request; returns (status, parsed JSON body or text, Content-Type)."""
     data = body.encode() if isinstance(body, str) else body
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})

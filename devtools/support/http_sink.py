@@ -87,8 +87,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        arrival = Arrival(int(self.headers.get("X-AT-Task-Id", "0")), int(self.headers.get("X-AT-Attempt", "0")),
-                          time.time(), self.command, self.path, dict(self.headers.items()), body)
+        arrival = Arrival(
+            int(self.headers.get("X-AT-Task-Id", "0")),
+            int(self.headers.get("X-AT-Attempt", "0")),
+            time.time(),
+            self.command,
+            self.path,
+            dict(self.headers.items()),
+            body,
+        )
         reply = self.server.sink._answer(arrival)
         self.send_response(reply.status)
         for name, value in reply.headers.items():
@@ -104,8 +111,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class HttpSink:
-    def __init__(self, responder: Responder | None = None, *, tls_context: ssl.SSLContext | None = None,
-                 ipv6: bool = False) -> None:
+    def __init__(
+        self, responder: Responder | None = None, *, tls_context: ssl.SSLContext | None = None, ipv6: bool = False
+    ) -> None:
         self.responder: Responder = responder or _default_reply
         self.arrivals: list[Arrival] = []
         self.server_names: list[str | None] = []  # TLS SNI seen
@@ -117,7 +125,7 @@ class HttpSink:
         self.scheme = "http"
         if tls_context is not None:
             self.scheme = "https"
-            tls_context.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)  # type: ignore[assignment]
+            tls_context.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
             self._server.socket = tls_context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self.url = self.url_for()
@@ -159,8 +167,11 @@ class HttpSink:
         with self._lock:
             self.arrivals.append(arrival)
         reply = self.responder(arrival)
-        return reply if isinstance(reply, Reply) else Reply(reply, json.dumps({"ok": reply < 300}).encode(),
-                                                            {"Content-Type": "application/json"})
+        return (
+            reply
+            if isinstance(reply, Reply)
+            else Reply(reply, json.dumps({"ok": reply < 300}).encode(), {"Content-Type": "application/json"})
+        )
 
     def _opened(self, connection: socket.socket) -> None:
         with self._lock:

@@ -33,8 +33,11 @@ def template() -> dict[str, Any]:
 
 def functions() -> dict[str, dict[str, Any]]:
     """Every AWS::Serverless::Function, by resource name."""
-    return {name: resource for name, resource in template()["Resources"].items()
-            if resource["Type"] == "AWS::Serverless::Function"}
+    return {
+        name: resource
+        for name, resource in template()["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
 
 
 def function_folder(function: str) -> str:

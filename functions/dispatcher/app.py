@@ -31,8 +31,10 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     metrics.add_metric(name="OldestDueTaskAgeSeconds", unit=MetricUnit.Seconds, value=age)
 
     def keep_running() -> bool:
-        return (time.monotonic() - started < settings.dispatch_run_seconds
-                and context.get_remaining_time_in_millis() > _SAFETY_MARGIN_MS)
+        return (
+            time.monotonic() - started < settings.dispatch_run_seconds
+            and context.get_remaining_time_in_millis() > _SAFETY_MARGIN_MS
+        )
 
     Dispatcher(TaskQueueOutlet(settings), settings).run(keep_running)
     return {"ran_seconds": round(time.monotonic() - started, 1)}

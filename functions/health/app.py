@@ -1,13 +1,14 @@
 """GET /health: `OK` while the database answers, 503 otherwise."""
 
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
 from atcore import service
 from atcore.api import TaskApiResolver, api_entrypoint, error_responses
 
 app = TaskApiResolver()
 
-_OK = {
+_OK: OpenAPIResponse = {
     "description": "The database answers.",
     "content": {"text/plain": {"schema": {"type": "string", "enum": ["OK"]}}},
 }

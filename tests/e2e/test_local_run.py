@@ -30,10 +30,17 @@ def test_health_is_plain_ok(api):
 
 def test_readme_flow_create_get_list_cancel(api):
     # curl -X POST .../api/v1/tasks -d '{...}' sends form content type; the API reads JSON anyway
-    body = json.dumps({"execute_at": "2099-11-10T15:00:00Z", "task_type": "send_email",
-                       "payload": {"to": "user@example.com", "subject": "Reminder"}, "max_attempts": 3})
-    status, created, content_type = request("POST", f"{api}/api/v1/tasks", body,
-                                            {"Content-Type": "application/x-www-form-urlencoded"})
+    body = json.dumps(
+        {
+            "execute_at": "2099-11-10T15:00:00Z",
+            "task_type": "send_email",
+            "payload": {"to": "user@example.com", "subject": "Reminder"},
+            "max_attempts": 3,
+        }
+    )
+    status, created, content_type = request(
+        "POST", f"{api}/api/v1/tasks", body, {"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert status == 201 and content_type == "application/json"
     task = created["task"]
     assert (task["status"], task["attempts"], task["execute_at"]) == ("pending", 0, "2099-11-10T15:00:00Z")
@@ -76,8 +83,10 @@ def test_oversize_body_is_413(api):
 
 
 def test_non_ascii_task_type_round_trips(api):
-    body = json.dumps({"execute_at": "2099-01-01T00:00:00Z", "task_type": "напоминание", "payload": {"ключ": "🙂"}},
-                      ensure_ascii=False).encode()
+    body = json.dumps(
+        {"execute_at": "2099-01-01T00:00:00Z", "task_type": "напоминание", "payload": {"ключ": "🙂"}},
+        ensure_ascii=False,
+    ).encode()
     status, created, _ = request("POST", f"{api}/api/v1/tasks", body, {"Content-Type": "application/json"})
     assert status == 201 and created["task"]["task_type"] == "напоминание"
     query = urllib.request.quote("напоминание")
@@ -102,8 +111,13 @@ def test_answers_carry_non_ascii_as_utf8_and_pages_say_how_to_go_on(api):
 
 def test_task_created_over_http_runs_on_time(api):
     with HttpSink() as sink:
-        body = json.dumps({"execute_at": in_seconds(1.5), "task_type": "http_callback",
-                           "payload": {"url": sink.url, "method": "PUT", "data": {"n": 1}}})
+        body = json.dumps(
+            {
+                "execute_at": in_seconds(1.5),
+                "task_type": "http_callback",
+                "payload": {"url": sink.url, "method": "PUT", "data": {"n": 1}},
+            }
+        )
         status, created, _ = request("POST", f"{api}/api/v1/tasks", body)
         assert status == 201
         task_id = created["task"]["id"]
@@ -135,10 +149,15 @@ def test_concurrent_creates_each_get_and_store_their_own_request(api, sql):
     def create(client: int) -> list[tuple[dict, dict]]:
         results = []
         for n in range(creates_each):
-            sent = {"execute_at": "2099-01-01T00:00:00Z", "task_type": f"isolation-{client}-{n}",
-                    "payload": {"client": client, "n": n}, "max_attempts": 1 + (client * creates_each + n) % 100}
-            status, created, _ = request("POST", f"{api}/api/v1/tasks", json.dumps(sent),
-                                         {"Content-Type": "application/json"})
+            sent = {
+                "execute_at": "2099-01-01T00:00:00Z",
+                "task_type": f"isolation-{client}-{n}",
+                "payload": {"client": client, "n": n},
+                "max_attempts": 1 + (client * creates_each + n) % 100,
+            }
+            status, created, _ = request(
+                "POST", f"{api}/api/v1/tasks", json.dumps(sent), {"Content-Type": "application/json"}
+            )
             assert status == 201, created
             results.append((sent, created["task"]))
         return results
@@ -146,13 +165,20 @@ def test_concurrent_creates_each_get_and_store_their_own_request(api, sql):
     with ThreadPoolExecutor(clients) as pool:
         results = [pair for pairs in pool.map(create, range(clients)) for pair in pairs]
 
-    answered_wrong = [(sent["task_type"], task["task_type"]) for sent, task in results
-                      if (task["task_type"], task["payload"], task["max_attempts"])
-                      != (sent["task_type"], sent["payload"], sent["max_attempts"])]
-    stored = {row[0]: tuple(row[1:]) for row in sql.run("SELECT id, task_type, payload, max_attempts "
-                                                         "FROM scheduled_tasks")}
-    stored_wrong = [(sent["task_type"], stored.get(task["id"])) for sent, task in results
-                    if stored.get(task["id"]) != (sent["task_type"], sent["payload"], sent["max_attempts"])]
+    answered_wrong = [
+        (sent["task_type"], task["task_type"])
+        for sent, task in results
+        if (task["task_type"], task["payload"], task["max_attempts"])
+        != (sent["task_type"], sent["payload"], sent["max_attempts"])
+    ]
+    stored = {
+        row[0]: tuple(row[1:]) for row in sql.run("SELECT id, task_type, payload, max_attempts FROM scheduled_tasks")
+    }
+    stored_wrong = [
+        (sent["task_type"], stored.get(task["id"]))
+        for sent, task in results
+        if stored.get(task["id"]) != (sent["task_type"], sent["payload"], sent["max_attempts"])
+    ]
     assert (answered_wrong[:5], len(answered_wrong)) == ([], 0)
     assert (stored_wrong[:5], len(stored_wrong)) == ([], 0)
     assert len(stored) == clients * creates_each
@@ -174,8 +200,9 @@ def test_readme_first_example_delivers_the_email_to_the_outbox(api):
     assert command, "the README's first example is no longer a curl -d POST"
     body = re.sub(r"""\"'"\$\(date [^)]*\)"'\"""", f'"{in_seconds(2)[:19]}Z"', command.group(1))
     assert "from" not in json.loads(body)["payload"]
-    status, created, _ = request("POST", f"{api}/api/v1/tasks", body,
-                                 {"Content-Type": "application/x-www-form-urlencoded"})
+    status, created, _ = request(
+        "POST", f"{api}/api/v1/tasks", body, {"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert status == 201, created
     task = wait_for_status(api, created["task"]["id"], "completed")
     assert task["attempts"] == 1 and "error_message" not in task
@@ -186,8 +213,13 @@ def test_readme_first_example_delivers_the_email_to_the_outbox(api):
     assert (email["to"], email["subject"], email["text"]) == ([payload["to"]], payload["subject"], payload["text"])
 
 
-SAFE_TASK = json.dumps({"execute_at": "2099-01-01T00:00:00Z", "task_type": "http_callback",
-                        "payload": {"url": "http://169.254.169.254/latest/meta-data/"}})
+SAFE_TASK = json.dumps(
+    {
+        "execute_at": "2099-01-01T00:00:00Z",
+        "task_type": "http_callback",
+        "payload": {"url": "http://169.254.169.254/latest/meta-data/"},
+    }
+)
 
 
 @pytest.mark.parametrize(
@@ -221,13 +253,21 @@ def test_requests_a_web_page_could_send_are_refused(api, sql, headers, refused_b
 def test_local_names_and_own_origin_are_served(api, sql, host):
     port = api.rsplit(":", 1)[1]
     for host_header in (f"{host}:{port}", host):
-        browser = {"Host": host_header, "Origin": f"http://{host}:{port}", "Sec-Fetch-Site": "same-origin",
-                   "Content-Type": "application/json"}
+        browser = {
+            "Host": host_header,
+            "Origin": f"http://{host}:{port}",
+            "Sec-Fetch-Site": "same-origin",
+            "Content-Type": "application/json",
+        }
         assert request("POST", f"{api}/api/v1/tasks", SAFE_TASK, browser)[0] == 201
     curl = {"Host": f"{host}:{port}", "Content-Type": "application/x-www-form-urlencoded"}
     assert request("POST", f"{api}/api/v1/tasks", SAFE_TASK, curl)[0] == 201
-    swagger = {"Host": f"{host}:{port}", "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors",
-               "Referer": f"http://{host}:{port}/docs"}
+    swagger = {
+        "Host": f"{host}:{port}",
+        "Sec-Fetch-Site": "same-origin",
+        "Sec-Fetch-Mode": "cors",
+        "Referer": f"http://{host}:{port}/docs",
+    }
     for path in ("/docs", "/openapi.json", "/api/v1/tasks?limit=1"):
         assert request("GET", f"{api}{path}", headers=swagger | {"Sec-Fetch-Site": "none"})[0] == 200, path
         assert request("GET", f"{api}{path}", headers=swagger)[0] == 200, path
@@ -251,8 +291,14 @@ def test_console_is_one_json_line_per_request_and_no_warnings(api):
     entries = [json.loads(line) for line in lines]  # every line is JSON: no plain tracebacks or prints
     assert all({"level", "message", "timestamp"} <= entry.keys() for entry in entries)
     served = [(e["method"], e["path"], e["status"]) for e in entries[before:] if "duration_ms" in e]
-    assert sorted(served) == sorted([("POST", "/api/v1/tasks", 201), *[("GET", f"/api/v1/tasks/{task_id}", 200)] * 3,
-                                     ("GET", "/api/v1/tasks/987654321", 404), ("GET", "/health", 403)])
+    assert sorted(served) == sorted(
+        [
+            ("POST", "/api/v1/tasks", 201),
+            *[("GET", f"/api/v1/tasks/{task_id}", 200)] * 3,
+            ("GET", "/api/v1/tasks/987654321", 404),
+            ("GET", "/health", 403),
+        ]
+    )
     assert all(isinstance(e["duration_ms"], float) for e in entries[before:] if "duration_ms" in e)
     assert any(e["message"] == "Task created" and e.get("task_id") == task_id for e in entries[before:])
     [refused] = [e for e in entries[before:] if e.get("status") == 403]

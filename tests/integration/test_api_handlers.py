@@ -22,8 +22,11 @@ def id_event(name, task_id):
 
 
 def list_event(**query):
-    return load_event("list_tasks", queryStringParameters=query or None,
-                      multiValueQueryStringParameters={k: [v] for k, v in query.items()} or None)
+    return load_event(
+        "list_tasks",
+        queryStringParameters=query or None,
+        multiValueQueryStringParameters={k: [v] for k, v in query.items()} or None,
+    )
 
 
 def create_task(**fields):
@@ -37,6 +40,7 @@ def row_count(sql):
 
 
 # --- create -------------------------------------------------------------------------------
+
 
 def test_create_returns_the_stored_task(sql):
     status, body = invoke("create_task", load_event("create_task"))
@@ -56,7 +60,9 @@ def test_create_normalises_offsets_to_utc(sql):
     assert create_task(execute_at="2099-01-01T15:00:00+03:00")["execute_at"] == "2099-01-01T12:00:00Z"
 
 
-@pytest.mark.parametrize("payload", ["text", 42, [1, 2], {"k": {"n": [True, None, 1.25]}}, {"emoji": "🙂", "ru": "привет"}])
+@pytest.mark.parametrize(
+    "payload", ["text", 42, [1, 2], {"k": {"n": [True, None, 1.25]}}, {"emoji": "🙂", "ru": "привет"}]
+)
 def test_payload_round_trips(sql, payload):
     created = create_task(payload=payload)
     status, body = invoke("get_task", id_event("get_task", created["id"]))
@@ -123,15 +129,23 @@ def test_bad_create_events_get_400_and_change_nothing(sql, event_name, message):
         ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": 1e999}', "not valid JSON"),
         ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": "\\u0000"}', "NUL"),
         ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": "\\ud800"}', "lone surrogates"),
-        ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": ' + "[" * 5000 + "]" * 5000 + "}",
-         "nested"),  # Python 3.13's parser takes 5,000 levels; the depth rule then refuses them
+        (
+            '{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": ' + "[" * 5000 + "]" * 5000 + "}",
+            "nested",
+        ),  # Python 3.13's parser takes 5,000 levels; the depth rule then refuses them
         ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": ' + "9" * 5000 + "}", "not valid JSON"),
-        ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": 1, "max_attempts": true}',
-         "max_attempts must be an integer"),
-        ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": 1, "max_attempts": "3"}',
-         "max_attempts must be an integer"),
-        ('{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": 1, "max_attempts": 101}',
-         "max_attempts must be an integer"),
+        (
+            '{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": 1, "max_attempts": true}',
+            "max_attempts must be an integer",
+        ),
+        (
+            '{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": 1, "max_attempts": "3"}',
+            "max_attempts must be an integer",
+        ),
+        (
+            '{"execute_at": "2099-01-01T00:00:00Z", "task_type": "t", "payload": 1, "max_attempts": 101}',
+            "max_attempts must be an integer",
+        ),
     ],
 )
 def test_bad_bodies_get_a_clear_400(sql, raw_body, message):
@@ -174,6 +188,7 @@ def test_execute_at_one_second_ago_is_rejected(sql):
 
 # --- get ----------------------------------------------------------------------------------
 
+
 def test_get_returns_the_task(sql):
     created = create_task()
     status, body = invoke("get_task", id_event("get_task", created["id"]))
@@ -185,8 +200,21 @@ def test_get_unknown_task_is_404(sql):
     assert status == 404 and body == {"error": "task 12345 not found"}
 
 
-@pytest.mark.parametrize("raw_id", ["abc", "-1", "0", "1.5", "1e3", "99999999999999999999", "9223372036854775808",
-                                    "1;DROP TABLE scheduled_tasks", "%27", "١"])
+@pytest.mark.parametrize(
+    "raw_id",
+    [
+        "abc",
+        "-1",
+        "0",
+        "1.5",
+        "1e3",
+        "99999999999999999999",
+        "9223372036854775808",
+        "1;DROP TABLE scheduled_tasks",
+        "%27",
+        "١",
+    ],
+)
 def test_odd_ids_are_400_for_get_and_cancel(sql, raw_id):
     for function in ("get_task", "cancel_task"):
         status, body = invoke(function, id_event(function, raw_id))
@@ -201,6 +229,7 @@ def test_largest_id_is_valid_and_simply_not_found(sql):
 
 # --- cancel -------------------------------------------------------------------------------
 
+
 def test_cancel_pending_task(sql):
     created = create_task()
     status, body = invoke("cancel_task", id_event("cancel_task", created["id"]))
@@ -212,7 +241,9 @@ def test_cancel_pending_task(sql):
 
 def test_cancel_processing_task(sql):
     created = create_task()
-    sql.run("UPDATE scheduled_tasks SET status = 'processing', attempts = 1, lease_expires_at = now() + interval '1 minute'")
+    sql.run(
+        "UPDATE scheduled_tasks SET status = 'processing', attempts = 1, lease_expires_at = now() + interval '1 minute'"
+    )
     status, body = invoke("cancel_task", id_event("cancel_task", created["id"]))
     assert status == 200 and body["task"]["status"] == "cancelled"
     assert sql.run("SELECT lease_expires_at FROM scheduled_tasks") == [[None]]
@@ -235,6 +266,7 @@ def test_cancel_unknown_task_is_404(sql):
 
 
 # --- list ---------------------------------------------------------------------------------
+
 
 def seed(sql):
     for index in range(7):
@@ -277,7 +309,9 @@ def test_list_of_empty_table(sql):
 
 def test_list_limit_zero_means_default_and_large_is_clamped(sql):
     for _ in range(120):
-        sql.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload) VALUES (now() + interval '1 day', 't', '{}')")
+        sql.run(
+            "INSERT INTO scheduled_tasks (execute_at, task_type, payload) VALUES (now() + interval '1 day', 't', '{}')"
+        )
     assert len(invoke("list_tasks", list_event(limit="0"))[1]["tasks"]) == 50
     _, body = invoke("list_tasks", list_event(limit="1000"))
     assert len(body["tasks"]) == 100 and body["total"] == 120
@@ -285,10 +319,15 @@ def test_list_limit_zero_means_default_and_large_is_clamped(sql):
 
 @pytest.mark.parametrize(
     "query, message",
-    [({"limit": "abc"}, "limit must be a non-negative integer"), ({"limit": "-1"}, "limit must be"),
-     ({"offset": "-5"}, "offset must be a non-negative integer"), ({"offset": "1.5"}, "offset must be"),
-     ({"status": "done"}, "status must be one of"), ({"status": "PENDING"}, "status must be one of"),
-     ({"task_type": "x" * 51}, "task_type must be at most 50 characters")],
+    [
+        ({"limit": "abc"}, "limit must be a non-negative integer"),
+        ({"limit": "-1"}, "limit must be"),
+        ({"offset": "-5"}, "offset must be a non-negative integer"),
+        ({"offset": "1.5"}, "offset must be"),
+        ({"status": "done"}, "status must be one of"),
+        ({"status": "PENDING"}, "status must be one of"),
+        ({"task_type": "x" * 51}, "task_type must be at most 50 characters"),
+    ],
 )
 def test_list_bad_query_is_400(sql, query, message):
     status, body = invoke("list_tasks", list_event(**query))
@@ -308,6 +347,7 @@ def test_list_filter_with_sql_metacharacters_matches_nothing(sql):
 
 
 # --- health -------------------------------------------------------------------------------
+
 
 def test_health_says_ok(sql):
     response = invoke_raw("health", load_event("health"))

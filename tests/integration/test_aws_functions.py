@@ -53,11 +53,26 @@ def nearly_timed_out_context() -> LambdaContext:
 
 # --- environment ----------------------------------------------------------------------------------
 
+
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[None]:
-    for name in ("AT_AWS_DELIVERY", "AT_EMAIL_FROM", "AT_SQS_DEFAULT_QUEUE_URL", "AT_LEASE_SECONDS",
-                 "AT_CLAIM_BATCH_SIZE", "AT_HANDOFF_SECONDS", "AT_WORKER_MAX_CONCURRENCY", "AT_WORKER_BATCH_SIZE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SES", "AWS_ENDPOINT_URL_SESV2",
-                 "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE", "TASK_QUEUE_URL"):
+    for name in (
+        "AT_AWS_DELIVERY",
+        "AT_EMAIL_FROM",
+        "AT_SQS_DEFAULT_QUEUE_URL",
+        "AT_LEASE_SECONDS",
+        "AT_CLAIM_BATCH_SIZE",
+        "AT_HANDOFF_SECONDS",
+        "AT_WORKER_MAX_CONCURRENCY",
+        "AT_WORKER_BATCH_SIZE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SES",
+        "AWS_ENDPOINT_URL_SESV2",
+        "AWS_ENDPOINT_URL_SNS",
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_PROFILE",
+        "TASK_QUEUE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
     monkeypatch.setenv("AT_RETRY_BASE_SECONDS", "0.2")
@@ -79,8 +94,11 @@ class Queue:
         """Every message in the queue (each received once: it stays invisible for the visibility timeout)."""
         messages: list[dict] = []
         while batch := self.client.receive_message(
-            QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
-            MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"],
+            QueueUrl=self.url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=0,
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
         ).get("Messages", []):
             messages.extend(batch)
         return messages
@@ -106,9 +124,13 @@ def queue(monkeypatch: pytest.MonkeyPatch, dispatcher: ModuleType) -> Iterator[Q
     import boto3
     from moto import mock_aws
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     aws.reset_clients()
     with mock_aws():
@@ -122,33 +144,49 @@ def queue(monkeypatch: pytest.MonkeyPatch, dispatcher: ModuleType) -> Iterator[Q
 
 # --- helpers --------------------------------------------------------------------------------------
 
-def insert_task(sql, *, in_seconds: float, task_type: str = "http_callback", payload: dict | None = None,
-                max_attempts: int = 3) -> int:
+
+def insert_task(
+    sql, *, in_seconds: float, task_type: str = "http_callback", payload: dict | None = None, max_attempts: int = 3
+) -> int:
     payload = payload if payload is not None else {"url": "http://127.0.0.1:9/unused"}
     return sql.run(
         "INSERT INTO scheduled_tasks (execute_at, task_type, payload, max_attempts) "
         "VALUES (now() + make_interval(secs => :in_seconds), :task_type, CAST(:payload AS jsonb), :max_attempts) "
         "RETURNING id",
-        in_seconds=in_seconds, task_type=task_type, payload=json.dumps(payload), max_attempts=max_attempts,
+        in_seconds=in_seconds,
+        task_type=task_type,
+        payload=json.dumps(payload),
+        max_attempts=max_attempts,
     )[0][0]
 
 
 def task_row(sql, task_id: int) -> dict:
-    columns = ("status", "attempts", "error_message", "completed_at", "lease_expires_at", "lease_seconds",
-               "retry_in_seconds", "queued_seconds")
+    columns = (
+        "status",
+        "attempts",
+        "error_message",
+        "completed_at",
+        "lease_expires_at",
+        "lease_seconds",
+        "retry_in_seconds",
+        "queued_seconds",
+    )
     row = sql.run(
         "SELECT status, attempts, error_message, completed_at, lease_expires_at, "
         "       EXTRACT(EPOCH FROM lease_expires_at - updated_at)::float8, "
         "       EXTRACT(EPOCH FROM execute_at - updated_at)::float8, "
         "       EXTRACT(EPOCH FROM queued_until - now())::float8 "
-        "FROM scheduled_tasks WHERE id = :id", id=task_id)[0]
+        "FROM scheduled_tasks WHERE id = :id",
+        id=task_id,
+    )[0]
     return dict(zip(columns, row))
 
 
 def queued(row: dict) -> bool:
     """Handed to the queue: still pending, no attempt counted, no lease, reserved for a while."""
     return (row["status"], row["attempts"], row["lease_expires_at"]) == ("pending", 0, None) and (
-        0 < row["queued_seconds"] <= HANDOFF_SECONDS)
+        0 < row["queued_seconds"] <= HANDOFF_SECONDS
+    )
 
 
 def run_dispatcher(dispatcher: ModuleType, context: LambdaContext | None = None) -> tuple[dict, float]:
@@ -167,11 +205,20 @@ def dispatch_due() -> None:
 
 def worker_event(queue: Queue, messages: list[dict]) -> dict:
     """The event Lambda's SQS event source mapping would build from these received messages."""
-    return {"Records": [
-        sqs_record(m["MessageId"], m["ReceiptHandle"], m["Body"], m["Attributes"], m.get("MessageAttributes"),
-                   m["MD5OfBody"], queue.arn)
-        for m in messages
-    ]}
+    return {
+        "Records": [
+            sqs_record(
+                m["MessageId"],
+                m["ReceiptHandle"],
+                m["Body"],
+                m["Attributes"],
+                m.get("MessageAttributes"),
+                m["MD5OfBody"],
+                queue.arn,
+            )
+            for m in messages
+        ]
+    }
 
 
 def message_id_of(messages: list[dict], body: str) -> str:
@@ -183,6 +230,7 @@ def callback(url: str) -> dict:
 
 
 # --- the dispatcher -------------------------------------------------------------------------------
+
 
 def test_scheduled_event_is_what_eventbridge_sends() -> None:
     event = load_event("dispatcher")
@@ -205,7 +253,8 @@ def test_dispatcher_queues_each_due_task_once_and_leaves_future_ones_pending(sql
     assert (row["status"], row["attempts"], row["lease_expires_at"]) == ("pending", 0, None)
     messages = queue.receive_all()
     assert sorted((json.loads(m["Body"]) for m in messages), key=lambda body: body["id"]) == [
-        {"id": task_id, "attempt": 1} for task_id in due]
+        {"id": task_id, "attempt": 1} for task_id in due
+    ]
 
 
 def test_dispatcher_sends_a_task_that_falls_due_during_its_run_within_the_second(sql, queue, dispatcher) -> None:
@@ -215,8 +264,13 @@ def test_dispatcher_sends_a_task_that_falls_due_during_its_run_within_the_second
     def create_during_the_run() -> None:
         time.sleep(0.2)
         execute_at = datetime.now(UTC) + timedelta(seconds=0.05)  # due ~0.25 s into the run
-        task = service.create_task(CreateTaskRequest(execute_at=execute_at.isoformat(), task_type="http_callback",
-                                                     payload={"url": "http://127.0.0.1:9/unused"}))
+        task = service.create_task(
+            CreateTaskRequest(
+                execute_at=execute_at.isoformat(),
+                task_type="http_callback",
+                payload={"url": "http://127.0.0.1:9/unused"},
+            )
+        )
         created.append((task.id, task.execute_at))
 
     creator = threading.Thread(target=create_during_the_run)
@@ -252,8 +306,9 @@ def test_dispatcher_sends_25_due_tasks_in_batches_of_at_most_10(sql, queue, disp
     bodies = [json.loads(m["Body"]) for m in queue.receive_all()]
     assert len(bodies) == 25
     assert sorted(body["id"] for body in bodies) == due and {body["attempt"] for body in bodies} == {1}
-    assert sql.run("SELECT status, attempts, queued_until IS NOT NULL, count(*) FROM scheduled_tasks GROUP BY 1, 2, 3"
-                   ) == [["pending", 0, True, 25]]
+    assert sql.run(
+        "SELECT status, attempts, queued_until IS NOT NULL, count(*) FROM scheduled_tasks GROUP BY 1, 2, 3"
+    ) == [["pending", 0, True, 25]]
 
 
 def test_dispatcher_claims_nothing_when_the_invocation_is_about_to_time_out(sql, queue, dispatcher) -> None:
@@ -265,6 +320,7 @@ def test_dispatcher_claims_nothing_when_the_invocation_is_about_to_time_out(sql,
 
 
 # --- the worker -----------------------------------------------------------------------------------
+
 
 def test_dispatcher_gives_back_claims_the_queue_refused(sql, queue, dispatcher, monkeypatch) -> None:
     # GIVEN two due tasks and a queue that refuses the batch (a network error, throttling)
@@ -281,7 +337,11 @@ def test_dispatcher_gives_back_claims_the_queue_refused(sql, queue, dispatcher, 
     for task_id in ids:
         row = task_row(sql, task_id)
         assert (row["status"], row["attempts"], row["lease_expires_at"], row["queued_seconds"]) == (
-            "pending", 0, None, None)
+            "pending",
+            0,
+            None,
+            None,
+        )
     assert queue.receive_all() == []
 
 
@@ -296,8 +356,7 @@ def test_worker_event_is_what_the_sqs_event_source_sends(worker) -> None:
     assert records[0].attributes.approximate_receive_count == "1"
 
 
-def test_worker_runs_queued_callbacks_and_email_and_completes_them(sql, queue, dispatcher, worker,
-                                                                  monkeypatch) -> None:
+def test_worker_runs_queued_callbacks_and_email_and_completes_them(sql, queue, dispatcher, worker, monkeypatch) -> None:
     import boto3
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.ses.models import ses_backends
@@ -307,8 +366,12 @@ def test_worker_runs_queued_callbacks_and_email_and_completes_them(sql, queue, d
     boto3.client("ses", region_name="us-east-1").verify_email_identity(EmailAddress=SENDER)
     with HttpSink() as sink:
         callbacks = [insert_task(sql, in_seconds=-1, payload=callback(sink.url)) for _ in range(2)]
-        email = insert_task(sql, in_seconds=-1, task_type="send_email",
-                            payload={"to": "ann@example.com", "subject": "Reminder", "text": "It is time."})
+        email = insert_task(
+            sql,
+            in_seconds=-1,
+            task_type="send_email",
+            payload={"to": "ann@example.com", "subject": "Reminder", "text": "It is time."},
+        )
         dispatch_due()
         messages = queue.receive_all()
         assert len(messages) == 3
@@ -324,7 +387,8 @@ def test_worker_runs_queued_callbacks_and_email_and_completes_them(sql, queue, d
         assert json.loads(arrival.body) == {"hello": "world"}
     sent = ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages
     assert [(m.source, m.subject, m.body, m.destinations["ToAddresses"]) for m in sent] == [
-        (SENDER, "Reminder", "It is time.", ["ann@example.com"])]
+        (SENDER, "Reminder", "It is time.", ["ann@example.com"])
+    ]
     for task_id in [*callbacks, email]:
         row = task_row(sql, task_id)
         assert (row["status"], row["attempts"], row["lease_expires_at"]) == ("completed", 1, None)
@@ -366,7 +430,8 @@ def test_worker_skips_attempts_that_are_no_longer_current(sql, queue, dispatcher
     after = {task_id: task_row(sql, task_id) for task_id in (cancelled, started, rescheduled)}
     for task_id in (cancelled, started, rescheduled):
         assert {k: v for k, v in after[task_id].items() if k != "queued_seconds"} == {
-            k: v for k, v in before[task_id].items() if k != "queued_seconds"}
+            k: v for k, v in before[task_id].items() if k != "queued_seconds"
+        }
     assert [after[t]["status"] for t in (cancelled, started, rescheduled)] == ["cancelled", "processing", "pending"]
     assert after[started]["attempts"] == 1
 
@@ -451,6 +516,7 @@ def test_worker_reports_every_record_when_the_database_is_unreachable(sql, queue
 
 # --- waiting is not failing: backpressure, hand-offs, one winner per attempt ----------------------
 
+
 def test_dispatcher_keeps_at_most_two_batches_per_worker_in_the_queue(sql, queue, dispatcher, monkeypatch) -> None:
     # GIVEN one worker of batch 5 (so room for 10 in the queue) and 30 due tasks, and no worker running
     monkeypatch.setenv("AT_WORKER_MAX_CONCURRENCY", "1")
@@ -468,8 +534,7 @@ def test_dispatcher_keeps_at_most_two_batches_per_worker_in_the_queue(sql, queue
         assert (row["status"], row["attempts"], row["queued_seconds"]) == ("pending", 0, None)
 
 
-def test_a_hand_off_that_expired_is_sent_again_and_the_attempt_still_runs_once(sql, queue, worker,
-                                                                              monkeypatch) -> None:
+def test_a_hand_off_that_expired_is_sent_again_and_the_attempt_still_runs_once(sql, queue, worker, monkeypatch) -> None:
     with HttpSink() as sink:
         task_id = insert_task(sql, in_seconds=-1, payload=callback(sink.url), max_attempts=1)
         # GIVEN a message that did not start its task in time (a slow queue, a lost worker)

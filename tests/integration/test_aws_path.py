@@ -28,13 +28,18 @@ def insert_due_callbacks(sql, count: int, url: str, max_attempts: int = 1) -> li
         "INSERT INTO scheduled_tasks (execute_at, task_type, payload, max_attempts) "
         "SELECT now() - interval '1 second', 'http_callback', CAST(:payload AS jsonb), :max_attempts "
         "FROM generate_series(1, :count) RETURNING id",
-        payload=payload, count=count, max_attempts=max_attempts)
+        payload=payload,
+        count=count,
+        max_attempts=max_attempts,
+    )
     return [row[0] for row in rows]
 
 
 def statuses(sql) -> dict[tuple[str, int], int]:
-    return {(status, attempts): n for status, attempts, n in
-            sql.run("SELECT status, attempts, count(*) FROM scheduled_tasks GROUP BY 1, 2")}
+    return {
+        (status, attempts): n
+        for status, attempts, n in sql.run("SELECT status, attempts, count(*) FROM scheduled_tasks GROUP BY 1, 2")
+    }
 
 
 def wait_for(condition, timeout: float, interval: float = 0.2):
@@ -61,8 +66,9 @@ def test_a_backlog_longer_than_the_lease_runs_every_task_once_and_fails_none(sql
         with AwsTopology(database_env(), overrides=overrides, max_concurrency=2) as aws:
             # WHEN the dispatcher's scheduled invocation hands them over and the workers run them
             dispatching = aws.dispatch_in_background()
-            wait_for(lambda: statuses(sql).get(("completed", 1)) == 600 or statuses(sql).get(("failed", 1)),
-                     timeout=120)
+            wait_for(
+                lambda: statuses(sql).get(("completed", 1)) == 600 or statuses(sql).get(("failed", 1)), timeout=120
+            )
             dispatching.join(30)
             depth, dead = aws.queue_depths()
             stats = aws.mapping.stats
@@ -82,15 +88,22 @@ def test_one_message_delivered_to_two_concurrent_workers_runs_its_task_once(sql)
         with db.connection() as conn:
             [ref] = execution.hand_over_due(conn, 10, handoff_seconds=60)
         # GIVEN the same SQS record in two worker invocations at once (SQS delivers at least once)
-        record = sqs_record("m-1", "receipt-1", json.dumps({"id": ref.id, "attempt": ref.attempt}),
-                            {"ApproximateReceiveCount": "1", "SentTimestamp": "0"})
-        workers = [LambdaEnvironment(aws.settings.worker, aws.environ(aws.settings.worker), aws.log_dir / f"dup{n}.log")
-                   for n in range(2)]
+        record = sqs_record(
+            "m-1",
+            "receipt-1",
+            json.dumps({"id": ref.id, "attempt": ref.attempt}),
+            {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
+        )
+        workers = [
+            LambdaEnvironment(aws.settings.worker, aws.environ(aws.settings.worker), aws.log_dir / f"dup{n}.log")
+            for n in range(2)
+        ]
         for worker in workers:  # warm, so both invocations really overlap
             worker.invoke({"Records": []})
         results: list = []
-        threads = [threading.Thread(target=lambda w=w: results.append(w.invoke({"Records": [record]})))
-                   for w in workers]
+        threads = [
+            threading.Thread(target=lambda w=w: results.append(w.invoke({"Records": [record]}))) for w in workers
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -102,7 +115,6 @@ def test_one_message_delivered_to_two_concurrent_workers_runs_its_task_once(sql)
     assert [r.result for r in results] == [{"batchItemFailures": []}] * 2
     assert [a.attempt for a in arrivals[task_id]] == [1]
     assert statuses(sql) == {("completed", 1): 1}
-
 
 
 def test_a_message_that_is_not_ours_is_redelivered_then_dead_lettered_while_tasks_run(sql):

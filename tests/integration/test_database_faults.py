@@ -74,9 +74,17 @@ def on_server(server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> Iter
 @pytest.fixture
 def elsewhere(monkeypatch: pytest.MonkeyPatch) -> Iterator:
     """elsewhere(host, port, **more) points the code under test at some other address."""
+
     def point(host: str, port: int, **more: str) -> None:
-        point_at(monkeypatch, DB_HOST=host, DB_PORT=str(port), DB_USER="postgres", DB_NAME=DATABASE,
-                 DB_SSLMODE="disable", **more)
+        point_at(
+            monkeypatch,
+            DB_HOST=host,
+            DB_PORT=str(port),
+            DB_USER="postgres",
+            DB_NAME=DATABASE,
+            DB_SSLMODE="disable",
+            **more,
+        )
 
     yield point
     db.reset()
@@ -108,9 +116,16 @@ def list_event() -> dict:
 
 
 def requests_of_every_kind(task_id: int = 1) -> list[tuple[str, dict]]:
-    return [("health", load_event("health")), ("create_task", create_event()), ("get_task", get_event(task_id)),
-            ("list_tasks", list_event()), ("cancel_task", load_event("cancel_task", path=f"/api/v1/tasks/{task_id}",
-                                                                      pathParameters={"id": str(task_id)}))]
+    return [
+        ("health", load_event("health")),
+        ("create_task", create_event()),
+        ("get_task", get_event(task_id)),
+        ("list_tasks", list_event()),
+        (
+            "cancel_task",
+            load_event("cancel_task", path=f"/api/v1/tasks/{task_id}", pathParameters={"id": str(task_id)}),
+        ),
+    ]
 
 
 def call(function: str, event: dict, handler=None) -> tuple[int, dict, object]:
@@ -296,8 +311,9 @@ def execution_environment(function: str) -> object:
     concurrent invocations of one module can answer each other's status codes; Lambda never
     runs two invocations in one environment at once. The layer (and its pool) is shared here.
     """
-    spec = importlib.util.spec_from_file_location(f"at_env_{function}_{os.urandom(4).hex()}",
-                                                  ROOT / "functions" / function / "app.py")
+    spec = importlib.util.spec_from_file_location(
+        f"at_env_{function}_{os.urandom(4).hex()}", ROOT / "functions" / function / "app.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -38,9 +38,12 @@ def engine():
 
 def schedule_callback(url: str, in_seconds: float, max_attempts: int = 3) -> int:
     when = datetime.now(UTC) + timedelta(seconds=in_seconds)
-    request = CreateTaskRequest(execute_at=when.isoformat(), task_type="http_callback",
-                                payload={"url": url, "method": "POST", "data": {"hello": "world"}},
-                                max_attempts=max_attempts)
+    request = CreateTaskRequest(
+        execute_at=when.isoformat(),
+        task_type="http_callback",
+        payload={"url": url, "method": "POST", "data": {"hello": "world"}},
+        max_attempts=max_attempts,
+    )
     return service.create_task(request).id
 
 
@@ -48,14 +51,16 @@ def insert_due_tasks(sql, count: int, task_type: str, payload: dict) -> None:
     sql.run(
         "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
         "SELECT now() - interval '1 second', :task_type, CAST(:payload AS jsonb) FROM generate_series(1, :count)",
-        task_type=task_type, payload=json.dumps(payload), count=count,
+        task_type=task_type,
+        payload=json.dumps(payload),
+        count=count,
     )
 
 
 def wait_for(condition, timeout: float = 10.0, interval: float = 0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (value := condition()):
+        if value := condition():
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
@@ -63,8 +68,10 @@ def wait_for(condition, timeout: float = 10.0, interval: float = 0.02):
 
 def task_row(sql, task_id: int) -> dict:
     columns = ("status", "attempts", "error_message", "completed_at", "lease_expires_at")
-    row = sql.run("SELECT status, attempts, error_message, completed_at, lease_expires_at "
-                  "FROM scheduled_tasks WHERE id = :id", id=task_id)[0]
+    row = sql.run(
+        "SELECT status, attempts, error_message, completed_at, lease_expires_at FROM scheduled_tasks WHERE id = :id",
+        id=task_id,
+    )[0]
     return dict(zip(columns, row))
 
 
@@ -76,7 +83,9 @@ def finished(sql, task_id: int) -> dict | None:
 def test_task_due_in_2s_runs_on_time_and_once(sql, engine):
     with HttpSink() as sink:
         task_id = schedule_callback(sink.url, in_seconds=2)
-        due = sql.run("SELECT extract(epoch FROM execute_at)::float8 FROM scheduled_tasks WHERE id = :id", id=task_id)[0][0]
+        due = sql.run("SELECT extract(epoch FROM execute_at)::float8 FROM scheduled_tasks WHERE id = :id", id=task_id)[
+            0
+        ][0]
         row = wait_for(lambda: finished(sql, task_id), timeout=6)
         arrivals = sink.by_task()[task_id]  # completed after one attempt: no claim can deliver it again
     assert len(arrivals) == 1
@@ -107,8 +116,9 @@ def test_four_dispatchers_racing_claim_each_task_exactly_once(sql):
             with lock:
                 claimed.extend(task.id for task in tasks)
             with db.connection() as conn:
-                execution.record_outcomes(conn, [execution.Outcome(task_id=t.id, attempt=t.attempt, succeeded=True)
-                                                 for t in tasks])
+                execution.record_outcomes(
+                    conn, [execution.Outcome(task_id=t.id, attempt=t.attempt, succeeded=True) for t in tasks]
+                )
 
     settings = execution.ExecutionSettings(claim_batch_size=250)
     dispatchers = [Dispatcher(RecordingOutlet(), settings) for _ in range(4)]
@@ -208,8 +218,10 @@ def test_expired_lease_of_a_dead_worker_is_retried_and_completes(sql, monkeypatc
 
 def test_expired_lease_on_the_last_attempt_fails_the_task(sql):
     insert_due_tasks(sql, 1, "http_callback", {"url": "http://127.0.0.1:9/"})
-    sql.run("UPDATE scheduled_tasks SET status = 'processing', attempts = max_attempts, "
-            "lease_expires_at = now() - interval '1 second'")
+    sql.run(
+        "UPDATE scheduled_tasks SET status = 'processing', attempts = max_attempts, "
+        "lease_expires_at = now() - interval '1 second'"
+    )
     with db.connection() as conn:
         assert execution.recover_expired_leases(conn) == [(1, "failed")]
     row = task_row(sql, 1)
@@ -218,7 +230,9 @@ def test_expired_lease_on_the_last_attempt_fails_the_task(sql):
 
 def test_late_outcome_of_an_old_attempt_is_ignored(sql):
     insert_due_tasks(sql, 1, "http_callback", {"url": "http://127.0.0.1:9/"})
-    sql.run("UPDATE scheduled_tasks SET status = 'processing', attempts = 2, lease_expires_at = now() + interval '1 minute'")
+    sql.run(
+        "UPDATE scheduled_tasks SET status = 'processing', attempts = 2, lease_expires_at = now() + interval '1 minute'"
+    )
     with db.connection() as conn:
         stale = execution.Outcome(task_id=1, attempt=1, succeeded=True)
         assert execution.record_outcomes(conn, [stale]) == {}
@@ -226,7 +240,9 @@ def test_late_outcome_of_an_old_attempt_is_ignored(sql):
 
 
 def test_pending_tasks_are_not_claimed_early(sql):
-    sql.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload) VALUES (now() + interval '5 seconds', 't', '{}')")
+    sql.run(
+        "INSERT INTO scheduled_tasks (execute_at, task_type, payload) VALUES (now() + interval '5 seconds', 't', '{}')"
+    )
     with db.connection() as conn:
         assert execution.claim_due(conn, batch_size=10, lease_seconds=60) == []
         assert execution_repository.seconds_until_next_wake(conn) == 1.0  # at most the wake horizon
@@ -263,8 +279,9 @@ def test_engine_process_killed_mid_batch_every_task_ends_once_after_its_lease(sq
         # THEN a new engine retries each task after its lease, and each ends completed exactly once
         running = LocalEngine(workers=4).start()
         try:
-            wait_for(lambda: sql.run("SELECT count(*) FROM scheduled_tasks WHERE status = 'completed'") == [[20]],
-                     timeout=20)
+            wait_for(
+                lambda: sql.run("SELECT count(*) FROM scheduled_tasks WHERE status = 'completed'") == [[20]], timeout=20
+            )
         finally:
             running.stop()
         second_attempts = [a for a in sink.arrivals if a.attempt == 2]
@@ -287,8 +304,12 @@ def test_local_engine_with_a_backlog_longer_than_the_lease_fails_nothing(sql, mo
         # WHEN the engine works through them
         running = LocalEngine(workers=2).start()
         try:
-            wait_for(lambda: sql.run("SELECT count(*) FROM scheduled_tasks WHERE status IN ('completed', 'failed')"
-                                     ) == [[20]], timeout=30)
+            wait_for(
+                lambda: (
+                    sql.run("SELECT count(*) FROM scheduled_tasks WHERE status IN ('completed', 'failed')") == [[20]]
+                ),
+                timeout=30,
+            )
         finally:
             running.stop()
         arrivals = sink.by_task()
@@ -299,9 +320,13 @@ def test_local_engine_with_a_backlog_longer_than_the_lease_fails_nothing(sql, mo
 
 def history(sql, task_id: int) -> list[tuple]:
     """(number, outcome, error, finished?) of each attempt, oldest first."""
-    return [tuple(row) for row in sql.run(
-        "SELECT number, outcome, error, finished_at IS NOT NULL FROM task_attempts WHERE task_id = :id ORDER BY number",
-        id=task_id)]
+    return [
+        tuple(row)
+        for row in sql.run(
+            "SELECT number, outcome, error, finished_at IS NOT NULL FROM task_attempts WHERE task_id = :id ORDER BY number",
+            id=task_id,
+        )
+    ]
 
 
 def test_attempt_history_is_written_with_each_start_and_outcome(sql, engine):
@@ -337,8 +362,9 @@ def test_retention_deletes_finished_tasks_past_it_with_their_history_and_keeps_t
     insert_due_tasks(sql, 6, "http_callback", {"url": "http://127.0.0.1:9/"})
     with db.connection() as conn:
         execution.claim_due(conn, batch_size=10, lease_seconds=60)
-    sql.run("UPDATE scheduled_tasks SET status = 'completed', completed_at = now(), lease_expires_at = NULL "
-            "WHERE id <= 4")
+    sql.run(
+        "UPDATE scheduled_tasks SET status = 'completed', completed_at = now(), lease_expires_at = NULL WHERE id <= 4"
+    )
     sql.run("UPDATE scheduled_tasks SET status = 'cancelled', lease_expires_at = NULL WHERE id = 5")
     # Tasks 1, 2 and 5 finished 31 days ago; 3 and 4 yesterday; 6 is still processing (and old).
     sql.run("UPDATE scheduled_tasks SET updated_at = now() - interval '31 days' WHERE id IN (1, 2, 5, 6)")
@@ -350,6 +376,8 @@ def test_retention_deletes_finished_tasks_past_it_with_their_history_and_keeps_t
         assert execution.delete_expired_tasks(conn, retention_days=30, batch_size=2) == 0
     assert [row[0] for row in sql.run("SELECT id FROM scheduled_tasks ORDER BY id")] == [3, 4, 6]
     assert sql.run("SELECT DISTINCT task_id FROM task_attempts ORDER BY 1") == [[3], [4], [6]]
-    status, body = invoke("list_tasks", load_event("list_tasks") | {"queryStringParameters": None,
-                                                                    "multiValueQueryStringParameters": None})
+    status, body = invoke(
+        "list_tasks",
+        load_event("list_tasks") | {"queryStringParameters": None, "multiValueQueryStringParameters": None},
+    )
     assert status == 200 and body["total"] == 3

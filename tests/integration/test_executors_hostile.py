@@ -35,8 +35,14 @@ MARGIN = 5.0  # what a busy 2-core machine may add to a deadline, generously
 
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("AT_AWS_DELIVERY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SNS", "AWS_PROFILE",
-                 "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_RUNTIME_API"):
+    for name in (
+        "AT_AWS_DELIVERY",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SNS",
+        "AWS_PROFILE",
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "AWS_LAMBDA_RUNTIME_API",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
     monkeypatch.setenv("AT_HTTP_TIMEOUT_SECONDS", str(DEADLINE))
@@ -50,8 +56,11 @@ def resolve_names_to(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[st
     real_getaddrinfo = socket.getaddrinfo
 
     def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list:
-        return [info for ip in answers.get(host, [host])
-                for info in real_getaddrinfo(ip, port, socket.AF_INET, socket.SOCK_STREAM, 6, socket.AI_NUMERICHOST)]
+        return [
+            info
+            for ip in answers.get(host, [host])
+            for info in real_getaddrinfo(ip, port, socket.AF_INET, socket.SOCK_STREAM, 6, socket.AI_NUMERICHOST)
+        ]
 
     monkeypatch.setattr(safety.socket, "getaddrinfo", getaddrinfo)
 
@@ -65,8 +74,12 @@ def timed_failure(url: str, **execute_kwargs: object) -> tuple[ExecutionError, f
 
 # --- one deadline for the whole exchange -----------------------------------------------------------
 
-@pytest.mark.parametrize("behaviour", [drip_status_line, drip_headers, drip_body, silent],
-                         ids=["drips-status-line", "drips-headers", "drips-body", "never-answers"])
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [drip_status_line, drip_headers, drip_body, silent],
+    ids=["drips-status-line", "drips-headers", "drips-body", "never-answers"],
+)
 def test_a_peer_cannot_hold_an_attempt_past_its_deadline(behaviour) -> None:
     with HostileServer(behaviour) as server:
         error, elapsed = timed_failure(server.url())
@@ -125,6 +138,7 @@ def test_a_timed_out_attempt_leaves_the_thread_able_to_call_others() -> None:
 
 # --- several addresses -----------------------------------------------------------------------------
 
+
 def test_black_holed_addresses_cannot_starve_the_next_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first two addresses never answer a SYN; the third is a real receiver. Each try gets its
     share of the deadline, so the third is reached in time (before: a full timeout per address)."""
@@ -155,6 +169,7 @@ def test_a_host_whose_addresses_are_all_black_holed_costs_one_deadline(monkeypat
 
 
 # --- answers that are not what we asked for --------------------------------------------------------
+
 
 def test_a_megabyte_answer_is_not_read_beyond_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """The server sends 1 MiB of a 64 MiB body, then stalls: reading past the 64 KiB cap would wait
@@ -187,13 +202,18 @@ def test_a_redirect_is_not_followed() -> None:
 
 # --- AWS executors ---------------------------------------------------------------------------------
 
+
 def test_an_aws_endpoint_that_never_answers_ends_within_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     """botocore's own timeouts (5 s per read, two attempts) used to make this 11 s; now they are
     chosen to fit in what is left of the attempt."""
     monkeypatch.setenv("AT_HTTP_TIMEOUT_SECONDS", "2")
     with HostileServer(silent) as endpoint:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL_SNS": endpoint.url("")}.items():
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_SNS": endpoint.url(""),
+        }.items():
             monkeypatch.setenv(name, value)
         aws.reset_clients()
         started = time.monotonic()

@@ -27,12 +27,24 @@ SENDER = "at@example.com"
 
 # --- environment -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    for name in ("AT_HTTP_ALLOW_PRIVATE", "AT_AWS_DELIVERY", "AT_EMAIL_FROM", "AT_SQS_DEFAULT_QUEUE_URL",
-                 "AT_HTTP_TIMEOUT_SECONDS", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SES", "AWS_ENDPOINT_URL_SESV2",
-                 "AWS_ENDPOINT_URL_SNS", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE", "AWS_LAMBDA_FUNCTION_NAME",
-                 "AWS_LAMBDA_RUNTIME_API"):
+    for name in (
+        "AT_HTTP_ALLOW_PRIVATE",
+        "AT_AWS_DELIVERY",
+        "AT_EMAIL_FROM",
+        "AT_SQS_DEFAULT_QUEUE_URL",
+        "AT_HTTP_TIMEOUT_SECONDS",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SES",
+        "AWS_ENDPOINT_URL_SESV2",
+        "AWS_ENDPOINT_URL_SNS",
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_PROFILE",
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "AWS_LAMBDA_RUNTIME_API",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AT_OUTBOX_DIR", str(tmp_path / "outbox"))
     yield
@@ -45,13 +57,15 @@ def resolve_names_to(monkeypatch: pytest.MonkeyPatch, answers: dict[str, str]) -
     real_getaddrinfo = socket.getaddrinfo
 
     def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list:
-        return real_getaddrinfo(answers.get(host, host), port, socket.AF_UNSPEC, socket.SOCK_STREAM, 6,
-                                socket.AI_NUMERICHOST)
+        return real_getaddrinfo(
+            answers.get(host, host), port, socket.AF_UNSPEC, socket.SOCK_STREAM, 6, socket.AI_NUMERICHOST
+        )
 
     monkeypatch.setattr(safety.socket, "getaddrinfo", getaddrinfo)
 
 
 # --- the HTTP sink ---------------------------------------------------------------------------------
+
 
 def routes(arrival: Arrival) -> Reply:
     """What the sink answers, by path: /status/N, /redirect, /slow (1 s), anything else 200."""
@@ -85,9 +99,15 @@ def callback_failure(url: str, **payload: object) -> ExecutionError:
 
 # --- http_callback ---------------------------------------------------------------------------------
 
+
 def test_post_sends_json_and_idempotency_headers(sink: HttpSink) -> None:
-    callback(sink.url_for("/hook?x=1"), task_id=42, attempt=2, data={"hello": "wörld"},
-             headers={"Authorization": "Bearer s3cret"})
+    callback(
+        sink.url_for("/hook?x=1"),
+        task_id=42,
+        attempt=2,
+        data={"hello": "wörld"},
+        headers={"Authorization": "Bearer s3cret"},
+    )
     [request] = sink.arrivals
     assert (request.method, request.path) == ("POST", "/hook?x=1")
     assert json.loads(request.body) == {"hello": "wörld"}
@@ -126,8 +146,11 @@ def test_server_error_is_retryable(sink: HttpSink, caplog: pytest.LogCaptureFixt
 
 
 def test_failures_never_reveal_headers_or_query_strings(sink: HttpSink, caplog: pytest.LogCaptureFixture) -> None:
-    error = callback_failure(sink.url_for("/status/500?token=query-secret"), data={"card": "payload-secret"},
-                             headers={"Authorization": "Bearer header-secret"})
+    error = callback_failure(
+        sink.url_for("/status/500?token=query-secret"),
+        data={"card": "payload-secret"},
+        headers={"Authorization": "Bearer header-secret"},
+    )
     [record] = [r for r in caplog.records if r.getMessage() == "task execution failed"]
     logged = repr(record.__dict__)
     assert "callback returned HTTP 500" in logged
@@ -207,7 +230,9 @@ def test_reconnects_once_when_a_stale_connection_fails_on_use(sink: HttpSink, mo
     assert sink.connections_opened == 2
 
 
-def test_connects_to_the_vetted_ip_with_the_original_host_header(sink: HttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connects_to_the_vetted_ip_with_the_original_host_header(
+    sink: HttpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
     resolve_names_to(monkeypatch, {"sink.test": "127.0.0.1"})
     callback(sink.url_for(host="sink.test"))
     assert sink.arrivals[0].headers["Host"] == f"sink.test:{sink.port}"
@@ -226,6 +251,7 @@ def test_ipv6_literal_host(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- destination safety ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def unprotected_sink() -> Iterator[HttpSink]:
     """A sink on 127.0.0.1 while AT_HTTP_ALLOW_PRIVATE is unset: nothing may reach it."""
@@ -233,26 +259,36 @@ def unprotected_sink() -> Iterator[HttpSink]:
         yield started
 
 
-@pytest.mark.parametrize(("url", "reason"), [
-    ("http://127.0.0.1:{port}/hook", "127.0.0.1 is not a public address (loopback)"),
-    ("http://10.0.0.1/hook", "10.0.0.1 is not a public address (private)"),
-    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is not a public address (cloud metadata service)"),
-    ("http://[::1]:{port}/hook", "::1 is not a public address (loopback)"),
-    ("http://[fd00:ec2::254]/", "fd00:ec2::254 is not a public address (cloud metadata service)"),
-    ("http://100.64.1.1/", "100.64.1.1 is not a public address (shared address space (CGNAT))"),
-    ("http://localhost:{port}/hook", "localhost resolves to a non-public address (loopback)"),
-    ("https://internal.test:{port}/hook", "internal.test resolves to a non-public address (private)"),
-    ("http://rebind.test:{port}/hook", "rebind.test resolves to a non-public address (loopback)"),
-])
-def test_private_destinations_are_refused(unprotected_sink: HttpSink, monkeypatch: pytest.MonkeyPatch,
-                                          caplog: pytest.LogCaptureFixture, url: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:{port}/hook", "127.0.0.1 is not a public address (loopback)"),
+        ("http://10.0.0.1/hook", "10.0.0.1 is not a public address (private)"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "169.254.169.254 is not a public address (cloud metadata service)",
+        ),
+        ("http://[::1]:{port}/hook", "::1 is not a public address (loopback)"),
+        ("http://[fd00:ec2::254]/", "fd00:ec2::254 is not a public address (cloud metadata service)"),
+        ("http://100.64.1.1/", "100.64.1.1 is not a public address (shared address space (CGNAT))"),
+        ("http://localhost:{port}/hook", "localhost resolves to a non-public address (loopback)"),
+        ("https://internal.test:{port}/hook", "internal.test resolves to a non-public address (private)"),
+        ("http://rebind.test:{port}/hook", "rebind.test resolves to a non-public address (loopback)"),
+    ],
+)
+def test_private_destinations_are_refused(
+    unprotected_sink: HttpSink, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, url: str, reason: str
+) -> None:
     real_getaddrinfo = socket.getaddrinfo
     answers = {"localhost": ["127.0.0.1"], "internal.test": ["10.9.8.7"], "rebind.test": ["8.8.8.8", "127.0.0.1"]}
 
     def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list:
         ips = answers.get(host, [host])
-        return [info for ip in ips for info in real_getaddrinfo(ip, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 6,
-                                                                 socket.AI_NUMERICHOST)]
+        return [
+            info
+            for ip in ips
+            for info in real_getaddrinfo(ip, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 6, socket.AI_NUMERICHOST)
+        ]
 
     monkeypatch.setattr(safety.socket, "getaddrinfo", getaddrinfo)
     error = callback_failure(url.format(port=unprotected_sink.port))
@@ -269,12 +305,17 @@ def test_private_destinations_are_refused(unprotected_sink: HttpSink, monkeypatc
 
 @pytest.mark.parametrize("variable", ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_RUNTIME_API"])
 def test_on_lambda_loopback_stays_refused_when_private_destinations_are_allowed(
-        unprotected_sink: HttpSink, monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    unprotected_sink: HttpSink, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
     """The Lambda runtime API and extensions listen on loopback: a task must not reach them."""
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
     monkeypatch.setenv(variable, "127.0.0.1:9001" if variable.endswith("API") else "at-worker")
     resolve_names_to(monkeypatch, {"localhost": "127.0.0.1"})
-    for url in (unprotected_sink.url_for("/hook"), unprotected_sink.url_for(host="localhost"), unprotected_sink.url_for(host="[::1]")):
+    for url in (
+        unprotected_sink.url_for("/hook"),
+        unprotected_sink.url_for(host="localhost"),
+        unprotected_sink.url_for(host="[::1]"),
+    ):
         error = callback_failure(url)
         assert not error.retryable
         assert error.message.startswith("callback destination refused:")
@@ -286,12 +327,19 @@ def test_on_lambda_loopback_stays_refused_when_private_destinations_are_allowed(
     assert unprotected_sink.connections_opened == 1
 
 
-@pytest.mark.parametrize(("host", "reason"), [
-    ("169.254.169.254", "cloud metadata service"), ("[fd00:ec2::254]", "cloud metadata service"),
-    ("[::ffff:169.254.169.254]", "cloud metadata service"), ("169.254.170.2", "link-local"),
-    ("metadata.test", "cloud metadata service")])
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("169.254.169.254", "cloud metadata service"),
+        ("[fd00:ec2::254]", "cloud metadata service"),
+        ("[::ffff:169.254.169.254]", "cloud metadata service"),
+        ("169.254.170.2", "link-local"),
+        ("metadata.test", "cloud metadata service"),
+    ],
+)
 def test_metadata_and_link_local_stay_refused_when_private_destinations_are_allowed(
-        monkeypatch: pytest.MonkeyPatch, host: str, reason: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, host: str, reason: str
+) -> None:
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
     resolve_names_to(monkeypatch, {"metadata.test": "169.254.169.254"})
     error = callback_failure(f"http://{host}/latest/meta-data/iam/security-credentials/")
@@ -301,6 +349,7 @@ def test_metadata_and_link_local_stay_refused_when_private_destinations_are_allo
 
 
 # --- https -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Certificates:
@@ -322,27 +371,53 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
     now = datetime.datetime.now(datetime.UTC)
     ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("AT test CA")).issuer_name(name("AT test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    server = (x509.CertificateBuilder().subject_name(name("sink.test")).issuer_name(ca.subject)
-              .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-              .add_extension(x509.SubjectAlternativeName([x509.DNSName("sink.test")]), critical=False)
-              .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-              .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("AT test CA"))
+        .issuer_name(name("AT test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(name("sink.test"))
+        .issuer_name(ca.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("sink.test")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     folder = tmp_path_factory.mktemp("tls")
     cert_file, key_file = folder / "server.pem", folder / "server.key"
     cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
+    key_file.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return Certificates(ca.public_bytes(serialization.Encoding.PEM), cert_file, key_file)
 
 
@@ -375,13 +450,19 @@ def test_https_certificate_for_another_host_fails_without_retry(tls_sink: HttpSi
 
 # --- AWS through moto ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from moto import mock_aws
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_REGION": "us-east-1", "AT_AWS_DELIVERY": "1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AT_AWS_DELIVERY": "1",
+    }.items():
         monkeypatch.setenv(name, value)
     aws.reset_clients()
     with mock_aws():
@@ -401,22 +482,34 @@ def test_email_is_sent_through_ses(moto_aws: None, monkeypatch: pytest.MonkeyPat
 
     boto_client("sesv2").create_email_identity(EmailIdentity=SENDER)
     monkeypatch.setenv("AT_EMAIL_FROM", SENDER)
-    execute(5, "send_email", {"to": ["ann@example.com", "bob@example.com"], "subject": "Reminder",
-                              "text": "It is time.", "cc": "cat@example.com"}, 1)
+    execute(
+        5,
+        "send_email",
+        {
+            "to": ["ann@example.com", "bob@example.com"],
+            "subject": "Reminder",
+            "text": "It is time.",
+            "cc": "cat@example.com",
+        },
+        1,
+    )
     execute(6, "email", {"to": "ann@example.com", "subject": "Alias", "body": "plain", "html": "<b>hi</b>"}, 1)
     statistics = boto_client("ses").get_send_statistics()["SendDataPoints"]
     assert sum(point["DeliveryAttempts"] for point in statistics) == 4  # recipients
     sent = ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages
     assert [(m.source, m.subject, m.body) for m in sent] == [
-        (SENDER, "Reminder", "It is time."), (SENDER, "Alias", "<b>hi</b>")]
+        (SENDER, "Reminder", "It is time."),
+        (SENDER, "Alias", "<b>hi</b>"),
+    ]
     assert sent[0].destinations["ToAddresses"] == ["ann@example.com", "bob@example.com"]
     assert sent[0].destinations["CcAddresses"] == ["cat@example.com"]
 
 
 def test_ses_rejection_is_not_retryable(moto_aws: None, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ExecutionError) as caught:
-        execute(5, "send_email", {"to": "ann@example.com", "subject": "s", "text": "t",
-                                  "from": "unverified@example.com"}, 1)
+        execute(
+            5, "send_email", {"to": "ann@example.com", "subject": "s", "text": "t", "from": "unverified@example.com"}, 1
+        )
     assert not caught.value.retryable
     assert caught.value.message == "SES SendEmail failed: MessageRejected"  # not the identity's verification state
     [record] = [r for r in caplog.records if r.getMessage() == "task execution failed"]
@@ -427,20 +520,25 @@ def test_sms_is_published_through_sns(moto_aws: None) -> None:
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.sns.models import sns_backends
 
-    execute(8, "send_sms", {"phone_number": "+15551234567", "message": "Your table is ready",
-                            "sender_id": "ATdemo"}, 1)
+    execute(8, "send_sms", {"phone_number": "+15551234567", "message": "Your table is ready", "sender_id": "ATdemo"}, 1)
     assert list(sns_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sms_messages.values()) == [
-        ("+15551234567", "Your table is ready")]
+        ("+15551234567", "Your table is ready")
+    ]
 
 
 def test_sqs_message_reaches_the_queue(moto_aws: None) -> None:
     sqs = boto_client("sqs")
     queue_url = sqs.create_queue(QueueName="jobs")["QueueUrl"]
-    execute(11, "sqs_message", {"queue_url": queue_url, "body": {"job": "report", "n": 1},
-                                "attributes": {"kind": "demo"}}, 1)
+    execute(
+        11,
+        "sqs_message",
+        {"queue_url": queue_url, "body": {"job": "report", "n": 1}, "attributes": {"kind": "demo"}},
+        1,
+    )
     execute(12, "sqs_message", {"queue_url": queue_url, "body": "plain text"}, 1)
-    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                   MessageAttributeNames=["All"])["Messages"]
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])[
+        "Messages"
+    ]
     assert {m["Body"] for m in messages} == {'{"job":"report","n":1}', "plain text"}
     with_attributes = next(m for m in messages if m["Body"].startswith("{"))
     assert with_attributes["MessageAttributes"]["kind"]["StringValue"] == "demo"
@@ -452,8 +550,9 @@ def test_sqs_fifo_deduplicates_by_task_id(moto_aws: None, monkeypatch: pytest.Mo
     monkeypatch.setenv("AT_SQS_DEFAULT_QUEUE_URL", queue_url)
     execute(21, "sqs_message", {"body": "first try"}, 1)
     execute(21, "sqs_message", {"body": "second try"}, 2)  # a retry after an unknown outcome
-    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                   MessageSystemAttributeNames=["All"])["Messages"]
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"])[
+        "Messages"
+    ]
     assert [m["Body"] for m in messages] == ["first try"]
     assert messages[0]["Attributes"]["MessageDeduplicationId"] == "at-task-21"
     assert messages[0]["Attributes"]["MessageGroupId"] == "at-task-21"
@@ -461,8 +560,9 @@ def test_sqs_fifo_deduplicates_by_task_id(moto_aws: None, monkeypatch: pytest.Mo
 
 def test_missing_queue_is_not_retryable(moto_aws: None) -> None:
     with pytest.raises(ExecutionError) as caught:
-        execute(1, "sqs_message", {"queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/nope",
-                                   "body": "x"}, 1)
+        execute(
+            1, "sqs_message", {"queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/nope", "body": "x"}, 1
+        )
     assert not caught.value.retryable
     assert caught.value.message.startswith("SQS SendMessage failed:")
 
@@ -471,8 +571,12 @@ def test_unreachable_aws_endpoint_is_retryable(monkeypatch: pytest.MonkeyPatch) 
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL_SNS": f"http://127.0.0.1:{port}"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_SNS": f"http://127.0.0.1:{port}",
+    }.items():
         monkeypatch.setenv(name, value)
     aws.reset_clients()
     with pytest.raises(ExecutionError) as caught:
@@ -483,6 +587,7 @@ def test_unreachable_aws_endpoint_is_retryable(monkeypatch: pytest.MonkeyPatch) 
 
 
 # --- the local outbox ------------------------------------------------------------------------------
+
 
 def outbox_lines(channel: str) -> list[dict]:
     import os
@@ -499,15 +604,31 @@ def test_outbox_receives_every_channel_without_aws(monkeypatch: pytest.MonkeyPat
     [email] = outbox_lines("email")
     assert (email["task_id"], email["attempt"]) == (1, 1)
     assert email["timestamp"].endswith("Z")
-    assert email["message"] == {"from": SENDER, "to": ["ann@example.com"], "cc": [], "bcc": [], "reply_to": [],
-                                "subject": "Hi", "text": "text", "html": None}
+    assert email["message"] == {
+        "from": SENDER,
+        "to": ["ann@example.com"],
+        "cc": [],
+        "bcc": [],
+        "reply_to": [],
+        "subject": "Hi",
+        "text": "text",
+        "html": None,
+    }
     [sms] = outbox_lines("sms")
     assert (sms["task_id"], sms["attempt"], sms["message"]) == (
-        2, 3, {"phone_number": "+15551234567", "message": "hello", "sender_id": None})
+        2,
+        3,
+        {"phone_number": "+15551234567", "message": "hello", "sender_id": None},
+    )
     [message] = outbox_lines("sqs")
-    assert message["message"] == {"queue_url": "https://sqs.us-east-1.amazonaws.com/1/jobs.fifo", "body": '{"a":1}',
-                                  "message_group_id": "at-task-3", "deduplication_id": "at-task-3",
-                                  "delay_seconds": None, "attributes": {}}
+    assert message["message"] == {
+        "queue_url": "https://sqs.us-east-1.amazonaws.com/1/jobs.fifo",
+        "body": '{"a":1}',
+        "message_group_id": "at-task-3",
+        "deduplication_id": "at-task-3",
+        "delay_seconds": None,
+        "attributes": {},
+    }
 
 
 def test_outbox_appends_whole_lines_from_many_threads() -> None:

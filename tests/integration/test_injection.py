@@ -61,8 +61,11 @@ def snapshot(sql, up_to_id: int) -> tuple[int, str]:
 
 
 def list_event(**query):
-    return load_event("list_tasks", queryStringParameters=query or None,
-                      multiValueQueryStringParameters={k: [v] for k, v in query.items()} or None)
+    return load_event(
+        "list_tasks",
+        queryStringParameters=query or None,
+        multiValueQueryStringParameters={k: [v] for k, v in query.items()} or None,
+    )
 
 
 def id_event(name, raw_id):
@@ -120,8 +123,10 @@ def test_injection_through_every_input_changes_nothing_else(sql, seeded, attack)
         assert status in (400, 404), (name, answer)
 
     assert snapshot(sql, seeded) == before
-    rows = sql.run("SELECT id, task_type, payload, execute_at, status FROM scheduled_tasks WHERE id > :up_to ORDER BY id",
-                   up_to=seeded)
+    rows = sql.run(
+        "SELECT id, task_type, payload, execute_at, status FROM scheduled_tasks WHERE id > :up_to ORDER BY id",
+        up_to=seeded,
+    )
     assert [row[0] for row in rows] == sorted(sent)
     for task_id, task_type, payload, execute_at, status in rows:
         body = sent[task_id]

@@ -44,8 +44,11 @@ def create(body: str) -> dict:
 
 
 def list_raw(**query: str) -> dict:
-    event = load_event("list_tasks", queryStringParameters=query or None,
-                       multiValueQueryStringParameters={k: [v] for k, v in query.items()} or None)
+    event = load_event(
+        "list_tasks",
+        queryStringParameters=query or None,
+        multiValueQueryStringParameters={k: [v] for k, v in query.items()} or None,
+    )
     return invoke_raw("list_tasks", event)
 
 
@@ -89,7 +92,9 @@ def insert_tasks(sql, count: int, task_type: str = "t", status: str = "pending")
         f"INSERT INTO scheduled_tasks (execute_at, task_type, payload, status, attempts{extra}) "
         f"SELECT now() + interval '1 day', :task_type, jsonb_build_object('n', g), :status, "
         f"{'1' if extra else '0'}{values} FROM generate_series(1, :count) AS g RETURNING id",
-        task_type=task_type, status=status, count=count,
+        task_type=task_type,
+        status=status,
+        count=count,
     )
     return [row[0] for row in rows]
 
@@ -167,12 +172,15 @@ def test_a_page_of_large_tasks_reads_little_more_than_it_shows(sql):
     # 101 tasks of about 1 MB each: reading them all for a page of 6 took 200 MB more memory than
     # a 256 MB function has. The query reads rows whole only until the page has enough.
     create(terse_body("1e15"))
-    sql.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
-            "SELECT execute_at, task_type, payload FROM scheduled_tasks, generate_series(1, 100)")
+    sql.run(
+        "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
+        "SELECT execute_at, task_type, payload FROM scheduled_tasks, generate_series(1, 100)"
+    )
     first, _ = list_page(limit="100")
     assert 1 < len(first["tasks"]) < 10 and first["total"] == 101
-    rows = sql.run(query("list_tasks"), status=None, task_type=None, before_id=None, limit=101, offset=0,
-                   max_bytes=PAGE_BUDGET)
+    rows = sql.run(
+        query("list_tasks"), status=None, task_type=None, before_id=None, limit=101, offset=0, max_bytes=PAGE_BUDGET
+    )
     read_whole = [row[1] for row in rows if row[4] is not None]
     assert len(rows) == 101 and ids(first) == read_whole[: len(first["tasks"])]
     assert len(read_whole) <= len(first["tasks"]) + 1
@@ -263,12 +271,25 @@ def b64(data: bytes) -> str:
 
 @pytest.mark.parametrize(
     "cursor",
-    ["garbage", "!!!", "x" * 2000, "eyJ2IjoxfQ", "e30", b64(b"\xff\xfe"), b64(b"[1]"),
-     b64(b'{"v":1,"before":0,"filters":{}}'), b64(b'{"v":1,"before":"5","filters":{}}'),
-     b64(b'{"v":1,"before":5.0,"filters":{}}'), b64(b'{"v":true,"before":5,"filters":{}}'),
-     b64(b'{"v":2,"before":5,"filters":{}}'), b64(b'{"v":1,"before":9223372036854775808,"filters":{}}'),
-     b64(b'{"v":1,"before":5,"filters":{"status":"done"}}'), b64(b'{"v":1,"before":5,"filters":{"x":1}}'),
-     b64(b'{"v":1,"before":5,"filters":{},"more":1}'), "eyJ2IjoxLCJiZWZvcmUiOjUsImZpbHRlcnMiOnt9fQ==="],
+    [
+        "garbage",
+        "!!!",
+        "x" * 2000,
+        "eyJ2IjoxfQ",
+        "e30",
+        b64(b"\xff\xfe"),
+        b64(b"[1]"),
+        b64(b'{"v":1,"before":0,"filters":{}}'),
+        b64(b'{"v":1,"before":"5","filters":{}}'),
+        b64(b'{"v":1,"before":5.0,"filters":{}}'),
+        b64(b'{"v":true,"before":5,"filters":{}}'),
+        b64(b'{"v":2,"before":5,"filters":{}}'),
+        b64(b'{"v":1,"before":9223372036854775808,"filters":{}}'),
+        b64(b'{"v":1,"before":5,"filters":{"status":"done"}}'),
+        b64(b'{"v":1,"before":5,"filters":{"x":1}}'),
+        b64(b'{"v":1,"before":5,"filters":{},"more":1}'),
+        "eyJ2IjoxLCJiZWZvcmUiOjUsImZpbHRlcnMiOnt9fQ===",
+    ],
 )
 def test_a_malformed_cursor_is_a_400(sql, cursor):
     insert_tasks(sql, 2)
@@ -279,9 +300,12 @@ def test_a_malformed_cursor_is_a_400(sql, cursor):
 
 @pytest.mark.parametrize(
     "made_with, used_with, differing",
-    [({}, {"status": "pending"}, "status"), ({"status": "pending"}, {}, "status"),
-     ({"task_type": "a"}, {"task_type": "b"}, "task_type"),
-     ({"status": "pending", "task_type": "a"}, {"status": "completed"}, "status, task_type")],
+    [
+        ({}, {"status": "pending"}, "status"),
+        ({"status": "pending"}, {}, "status"),
+        ({"task_type": "a"}, {"task_type": "b"}, "task_type"),
+        ({"status": "pending", "task_type": "a"}, {"status": "completed"}, "status, task_type"),
+    ],
 )
 def test_a_cursor_made_for_other_filters_is_a_400(sql, made_with, used_with, differing):
     insert_tasks(sql, 3, task_type="a")
@@ -317,8 +341,26 @@ def terse_body(item: str, task_type: str = "t") -> str:
 # The most copies of one item a 256 KiB body holds, for each item that grows on the way out: 1e15
 # (4 bytes in, 1000000000000000.0 out), 1e300 and 1e308 (jsonb writes them as 301 and 309 digits),
 # and what the envelope escapes again (quotes, backslashes, U+2028, control characters).
-WORST_ITEMS = ["1e15", "-1e15", "1e16", "1e300", "1e308", "-1.7976931348623157e308", '"\\""', '"\\\\"',
-               '"\u2028"', '"\\u0001"', '"\\n"', '"é"', '"🙂"', "[]", "{}", "0", "true", '""']
+WORST_ITEMS = [
+    "1e15",
+    "-1e15",
+    "1e16",
+    "1e300",
+    "1e308",
+    "-1.7976931348623157e308",
+    '"\\""',
+    '"\\\\"',
+    '"\u2028"',
+    '"\\u0001"',
+    '"\\n"',
+    '"é"',
+    '"🙂"',
+    "[]",
+    "{}",
+    "0",
+    "true",
+    '""',
+]
 
 
 def test_every_worst_256_kib_body_is_answered_in_one_response_or_refused(sql):
@@ -339,8 +381,10 @@ def test_the_worst_task_of_all_fits_and_is_the_first_of_its_page(sql):
     # error_message of 1,000 characters (the engine's cut) that are escaped twice over.
     body = terse_body("1e15", task_type='"' * 50)
     task = create(body)
-    sql.run("UPDATE scheduled_tasks SET status = 'failed', attempts = 3, completed_at = now(), error_message = :m",
-            m="\u2028\x01" * 500)
+    sql.run(
+        "UPDATE scheduled_tasks SET status = 'failed', attempts = 3, completed_at = now(), error_message = :m",
+        m="\u2028\x01" * 500,
+    )
     fits_everywhere(sql, task, cancel=False)
     big = create(body)  # a page of many such tasks is cut, and the first always fits
     for _ in range(8):

@@ -57,7 +57,12 @@ def test_defaults_without_any_variable(env):
     settings = database_settings()
     assert settings == DatabaseSettings()
     assert (settings.host, settings.port, settings.user, settings.password, settings.name) == (
-        "127.0.0.1", 5432, "postgres", None, "at_scheduler")
+        "127.0.0.1",
+        5432,
+        "postgres",
+        None,
+        "at_scheduler",
+    )
     assert (settings.sslmode, settings.sslrootcert, settings.secret_arn) == ("disable", None, None)
     assert (settings.connect_timeout, settings.statement_timeout_ms) == (3.0, 4_000)
 
@@ -133,15 +138,36 @@ def test_settings_are_frozen_and_the_password_is_not_in_repr(env):
 
 
 def test_rds_secret_values_win_over_the_environment(aws, env):
-    arn = create_secret(aws, {"engine": "postgres", "username": "at_app", "password": SECRET_PASSWORD,
-                              "host": "at.cluster-abc.us-east-1.rds.amazonaws.com", "port": 5433, "dbname": "at_prod"})
-    aws_env = {"DB_SECRET_ARN": arn, "DB_HOST": "env-host", "DB_USER": "env-user", "DB_PASSWORD": "env-password",
-               "DB_NAME": "env-db", "DB_PORT": "6000", "DB_SSLMODE": "require"}
+    arn = create_secret(
+        aws,
+        {
+            "engine": "postgres",
+            "username": "at_app",
+            "password": SECRET_PASSWORD,
+            "host": "at.cluster-abc.us-east-1.rds.amazonaws.com",
+            "port": 5433,
+            "dbname": "at_prod",
+        },
+    )
+    aws_env = {
+        "DB_SECRET_ARN": arn,
+        "DB_HOST": "env-host",
+        "DB_USER": "env-user",
+        "DB_PASSWORD": "env-password",
+        "DB_NAME": "env-db",
+        "DB_PORT": "6000",
+        "DB_SSLMODE": "require",
+    }
     for key, value in aws_env.items():
         env.setenv(key, value)
     settings = database_settings()
     assert (settings.host, settings.port, settings.user, settings.password, settings.name) == (
-        "at.cluster-abc.us-east-1.rds.amazonaws.com", 5433, "at_app", SECRET_PASSWORD, "at_prod")
+        "at.cluster-abc.us-east-1.rds.amazonaws.com",
+        5433,
+        "at_app",
+        SECRET_PASSWORD,
+        "at_prod",
+    )
     assert settings.sslmode == "require" and settings.secret_arn == arn  # not in the secret: from the env
     assert SECRET_PASSWORD not in repr(settings) and SECRET_PASSWORD not in str(settings)
 
@@ -154,7 +180,12 @@ def test_a_secret_with_only_credentials_keeps_host_port_and_name_from_the_enviro
     env.setenv("DB_NAME", "env-db")
     settings = database_settings()
     assert (settings.host, settings.port, settings.user, settings.password, settings.name) == (
-        "env-host", 6000, "at_app", SECRET_PASSWORD, "env-db")
+        "env-host",
+        6000,
+        "at_app",
+        SECRET_PASSWORD,
+        "env-db",
+    )
 
 
 def test_a_port_given_as_text_in_the_secret_is_parsed(aws, env):

@@ -177,7 +177,7 @@ class Resolved:
 
     def _evaluate(self, node: Any) -> Any:
         if isinstance(node, dict) and len(node) == 1:
-            (key, arg), = node.items()
+            ((key, arg),) = node.items()
             if key == "Fn::Equals":
                 left, right = (self.value(part) for part in arg)
                 return str(left) == str(right)
@@ -197,7 +197,7 @@ class Resolved:
         if not isinstance(node, dict):
             return node
         if len(node) == 1:
-            (key, arg), = node.items()
+            ((key, arg),) = node.items()
             if key == "Fn::If":
                 name, yes, no = arg
                 return self.value(yes if self.condition(name) else no)
@@ -246,8 +246,9 @@ def refs(node: Any) -> set[str]:
                 found.add(value[0] if isinstance(value, list) else value.split(".")[0])
             elif key == "Fn::Sub":
                 text = value[0] if isinstance(value, list) else value
-                found |= {name.split(".")[0] for name in re.findall(r"\$\{([^}!]+)\}", text)
-                          if not name.startswith("AWS::")}
+                found |= {
+                    name.split(".")[0] for name in re.findall(r"\$\{([^}!]+)\}", text) if not name.startswith("AWS::")
+                }
                 if isinstance(value, list):
                     found |= refs(value[1])
             else:
@@ -469,8 +470,10 @@ def test_database_wiring(combo: dict[str, str]) -> None:
             assert env["DB_HOST"] == EXISTING["DbHost"] and env["DB_SECRET_ARN"] == EXISTING["DbSecretArn"]
     migrations = stack.resources["DatabaseMigrations"]["Properties"]
     dispatcher_env = stack.functions()["DispatcherFunction"]["Environment"]["Variables"]
-    assert migrations["DbHost"] == dispatcher_env["DB_HOST"] and migrations["DbSecretArn"] == dispatcher_env[
-        "DB_SECRET_ARN"]
+    assert (
+        migrations["DbHost"] == dispatcher_env["DB_HOST"]
+        and migrations["DbSecretArn"] == dispatcher_env["DB_SECRET_ARN"]
+    )
     creates = {"AWS::EC2::VPC", "AWS::RDS::DBInstance", "AWS::RDS::DBProxy", "AWS::EC2::NatGateway"}
     present = {r["Type"] for r in stack.resources.values()}
     if combo["Database"] == "existing":
@@ -524,7 +527,8 @@ def test_network_allows_only_what_each_function_needs(combo: dict[str, str]) -> 
     assert [r for r in rules if r[1] == "in" and "/" in str(r[2])] == []
     # PostgreSQL: from the proxy only; the proxy: from the four function groups only, on 5432.
     assert {(r[2], r[3], r[4]) for r in rules if r[0] == "DatabaseSecurityGroup" and r[1] == "in"} == {
-        ("ProxySecurityGroup", 5432, 5432)}
+        ("ProxySecurityGroup", 5432, 5432)
+    }
     assert {r[2] for r in rules if r[0] == "ProxySecurityGroup" and r[1] == "in"} == set(FUNCTION_GROUPS.values())
     assert {r[2] for r in rules if r[0] == "ProxySecurityGroup" and r[1] == "out"} == {"DatabaseSecurityGroup"}
     for group in set(FUNCTION_GROUPS.values()):
@@ -596,7 +600,8 @@ def test_every_role_grants_only_what_its_code_calls(combo: dict[str, str]) -> No
             for action in actions:
                 assert action != "*" and not action.endswith(":*"), f"{function}: {action}"
                 assert any(fnmatch.fnmatchcase(call, action) for call in called), (
-                    f"{function} is granted {action}, which its code never calls")
+                    f"{function} is granted {action}, which its code never calls"
+                )
             resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
             if "*" in resources:
                 assert set(actions) <= UNSCOPED_ALLOWED.get(function, set()), f"{function}: {actions} on *"
@@ -618,7 +623,10 @@ def test_every_role_grants_only_what_its_code_calls(combo: dict[str, str]) -> No
 
 
 def test_the_worker_gets_ses_and_queues_only_when_named() -> None:
-    combo = COMBINATIONS[0] | {"EmailFrom": "at@example.com", "AllowedQueueArns": "arn:aws:sqs:us-east-1:123456789012:q"}
+    combo = COMBINATIONS[0] | {
+        "EmailFrom": "at@example.com",
+        "AllowedQueueArns": "arn:aws:sqs:us-east-1:123456789012:q",
+    }
     stack = Resolved(translated(), combo)
     statements = [s for p in _role_of(stack, "WorkerFunction")["Policies"] for s in p["PolicyDocument"]["Statement"]]
     actions = {s["Action"] if isinstance(s["Action"], str) else s["Action"][0]: s for s in statements}

@@ -44,8 +44,18 @@ def test_execute_at_accepts_rfc3339_with_offset(text, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["2099-01-01T12:00:00", "2099-01-01", "2099-01-01 12:00:00Z", "2099-13-01T12:00:00Z",
-     "2099-12-31T23:59:60Z", "0000-01-01T00:00:00Z", "tomorrow", "2099-01-01T12:00:00+0300", 4102444800, None],
+    [
+        "2099-01-01T12:00:00",
+        "2099-01-01",
+        "2099-01-01 12:00:00Z",
+        "2099-13-01T12:00:00Z",
+        "2099-12-31T23:59:60Z",
+        "0000-01-01T00:00:00Z",
+        "tomorrow",
+        "2099-01-01T12:00:00+0300",
+        4102444800,
+        None,
+    ],
 )
 def test_execute_at_rejects_other_forms(text):
     assert "execute_at must be RFC 3339 with a timezone" in error_of(execute_at=text)
@@ -79,8 +89,14 @@ def test_payload_accepts_any_json_but_null(payload):
 
 @pytest.mark.parametrize(
     "payload, message",
-    [(None, "payload must not be null"), ({"a": "x\x00"}, "NUL"), ({"\x00": 1}, "NUL"),
-     (["\ud800"], "lone surrogates"), ({"n": float("inf")}, "finite"), ([float("nan")], "finite")],
+    [
+        (None, "payload must not be null"),
+        ({"a": "x\x00"}, "NUL"),
+        ({"\x00": 1}, "NUL"),
+        (["\ud800"], "lone surrogates"),
+        ({"n": float("inf")}, "finite"),
+        ([float("nan")], "finite"),
+    ],
 )
 def test_payload_rejects_what_jsonb_cannot_store(payload, message):
     assert message in error_of(payload=payload)
@@ -116,8 +132,9 @@ def test_task_id_rejects_everything_else(raw):
         parse_task_id(raw)
 
 
-@pytest.mark.parametrize("raw, expected", [(None, 50), ("", 50), ("0", 50), ("1", 1), ("100", 100), ("101", 100),
-                                           ("99999999999", 100)])
+@pytest.mark.parametrize(
+    "raw, expected", [(None, 50), ("", 50), ("0", 50), ("1", 1), ("100", 100), ("101", 100), ("99999999999", 100)]
+)
 def test_limit_defaults_and_clamps(raw, expected):
     assert parse_limit(raw) == expected
 
@@ -158,8 +175,17 @@ def test_timestamps_are_utc_with_z_and_trimmed_fraction(moment, text):
 
 def test_task_omits_unset_completed_at_and_error_message():
     now = datetime(2025, 11, 10, 15, tzinfo=UTC)
-    task = Task(id=1, execute_at=now, task_type="t", payload={}, status="pending", attempts=0, max_attempts=3,
-                created_at=now, updated_at=now)
+    task = Task(
+        id=1,
+        execute_at=now,
+        task_type="t",
+        payload={},
+        status="pending",
+        attempts=0,
+        max_attempts=3,
+        created_at=now,
+        updated_at=now,
+    )
     dumped = task.model_dump(mode="json")
     assert "completed_at" not in dumped and "error_message" not in dumped
     assert dumped["execute_at"] == "2025-11-10T15:00:00Z"

@@ -31,6 +31,7 @@ handler({}, None)
 def test_empty_metrics_warning_only_where_metrics_are_published(disabled: str, warned: bool) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("POWERTOOLS_")}
     env |= {"POWERTOOLS_METRICS_DISABLED": disabled}
-    result = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=60,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     assert ("No application metrics to publish" in result.stderr) is warned, result.stderr

@@ -92,13 +92,20 @@ def test_parameters_say_what_a_client_may_send(document):
     for method in ("get", "delete"):
         [task_id] = ops[method, "/api/v1/tasks/{id}"]["parameters"]
         assert (task_id["name"], task_id["in"], task_id["required"]) == ("id", "path", True)
-        assert task_id["schema"] | {"title": None} == {"type": "integer", "format": "int64", "minimum": 1, "title": None}
+        assert task_id["schema"] | {"title": None} == {
+            "type": "integer",
+            "format": "int64",
+            "minimum": 1,
+            "title": None,
+        }
     query = {p["name"]: p for p in ops["get", "/api/v1/tasks"]["parameters"]}
     assert set(query) == {"status", "task_type", "limit", "offset", "cursor"}
     assert all(p["in"] == "query" and not p["required"] and p["allowEmptyValue"] for p in query.values())
     assert query["status"]["schema"]["enum"] == ["pending", "processing", "completed", "failed", "cancelled"]
     assert query["task_type"]["schema"]["maxLength"] == 50
-    assert query["limit"]["schema"]["minimum"] == 0 and "maximum" not in query["limit"]["schema"]  # clamped, not refused
+    assert (
+        query["limit"]["schema"]["minimum"] == 0 and "maximum" not in query["limit"]["schema"]
+    )  # clamped, not refused
     assert query["offset"]["schema"]["minimum"] == 0
     assert query["cursor"]["schema"]["type"] == "string" and "next_cursor" in query["cursor"]["schema"]["description"]
 
@@ -115,7 +122,10 @@ def test_pages_document_next_cursor_and_short_pages(document):
 def test_task_schema_omits_unset_optionals(document):
     task = document["components"]["schemas"]["Task"]
     assert "completed_at" not in task["required"] and "error_message" not in task["required"]
-    assert task["properties"]["completed_at"] == task["properties"]["completed_at"] | {"type": "string", "format": "date-time"}
+    assert task["properties"]["completed_at"] == task["properties"]["completed_at"] | {
+        "type": "string",
+        "format": "date-time",
+    }
     body = document["components"]["schemas"]["CreateTaskRequest"]
     assert set(body["required"]) == {"execute_at", "task_type", "payload"}
     assert body["properties"]["payload"]["not"] == {"type": "null"}

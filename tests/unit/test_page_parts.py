@@ -41,6 +41,7 @@ JSON_VALUES = st.recursive(
 def runtime_body_bytes(body: str) -> int:
     """What `body` adds to the proxy dict as the python3.13 runtime marshals it (json or simplejson
     with ensure_ascii=False; simplejson also escapes U+2028/U+2029)."""
+
     def marshal(text: str) -> int:
         dumped = json.dumps({"statusCode": 200, "body": text}, ensure_ascii=False)
         return len(dumped.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode("utf-8"))
@@ -77,13 +78,24 @@ def test_the_largest_task_fits_several_times_in_a_page():
 
 def task(task_id: int, payload: object = None, **fields) -> Task:
     moment = datetime(2099, 1, 1, tzinfo=UTC)
-    return Task(id=task_id, execute_at=moment, task_type="t", payload={"n": task_id} if payload is None else payload,
-                status=TaskStatus.PENDING, attempts=0, max_attempts=3, created_at=moment, updated_at=moment, **fields)
+    return Task(
+        id=task_id,
+        execute_at=moment,
+        task_type="t",
+        payload={"n": task_id} if payload is None else payload,
+        status=TaskStatus.PENDING,
+        attempts=0,
+        max_attempts=3,
+        created_at=moment,
+        updated_at=moment,
+        **fields,
+    )
 
 
 def listing(tasks: list[Task], *, more: bool = False, total: int | None = None, filters=None) -> TaskListing:
-    return TaskListing(tasks=tasks, total=len(tasks) if total is None else total, more=more,
-                       filters=filters or ListFilters())
+    return TaskListing(
+        tasks=tasks, total=len(tasks) if total is None else total, more=more, filters=filters or ListFilters()
+    )
 
 
 def body_of(response) -> dict:

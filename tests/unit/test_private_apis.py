@@ -36,7 +36,7 @@ def test_pg8000_runs_unnamed_statements_and_keeps_the_context_and_socket() -> No
     import pg8000.native
 
     assert parameters(pg8000.core.CoreConnection.execute_unnamed)[:4] == ["self", "statement", "vals", "oids"]
-    assert "self._context" in source_of(pg8000.native.Connection.columns.fget)  # type: ignore[attr-defined]
+    assert "self._context" in source_of(pg8000.native.Connection.columns.fget)
     assert "self._usock" in source_of(pg8000.core.CoreConnection.__init__)
     assert callable(pg8000.native.to_statement)
 

@@ -184,8 +184,11 @@ def test_no_literal_secrets() -> None:
             assert parameter.get("NoEcho") is True, f"parameter {name} must be NoEcho"
     # The secret RDS manages (Database=create) or the one given (Database=existing), never a value.
     assert env_vars("CreateTaskFunction")["DB_SECRET_ARN"] == {
-        "Fn::If": ["CreateDatabase", {"Fn::GetAtt": ["DatabaseInstance", "MasterUserSecret.SecretArn"]},
-                   {"Ref": "DbSecretArn"}]
+        "Fn::If": [
+            "CreateDatabase",
+            {"Fn::GetAtt": ["DatabaseInstance", "MasterUserSecret.SecretArn"]},
+            {"Ref": "DbSecretArn"},
+        ]
     }
 
 

@@ -17,7 +17,6 @@ ALL_VERSIONS = [path.stem for path in migrate.migration_files()]
 TABLE = "scheduled_tasks"
 
 
-
 @pytest.fixture
 def empty_db(database_server) -> Iterator[str]:
     """A brand-new database with nothing in it, dropped after the test."""
@@ -49,4 +48,3 @@ def db_env(monkeypatch):
     yield lambda env: point_database_at(monkeypatch, env)
     config.database_settings.cache_clear()
     db.reset()
-

@@ -16,7 +16,6 @@ ALL_VERSIONS = [path.stem for path in migrate.migration_files()]
 TABLE = "scheduled_tasks"
 
 
-
 # --- the custom resource ----------------------------------------------------------------------
 
 
@@ -76,8 +75,11 @@ def test_custom_resource_failure_without_response_url_raises(database_server, db
 
 def test_custom_resource_delete_keeps_the_data_and_needs_no_database(db_env, cfn_responses):
     db_env({"DB_HOST": "127.0.0.1", "DB_PORT": "1", "DB_CONNECT_TIMEOUT": "1"})  # nothing listens there
-    event = cfn_event("Delete", ResponseURL="https://cloudformation-custom-resource-response.example/abc",
-                      PhysicalResourceId="at-database-migrations")
+    event = cfn_event(
+        "Delete",
+        ResponseURL="https://cloudformation-custom-resource-response.example/abc",
+        PhysicalResourceId="at-database-migrations",
+    )
     assert migrate.lambda_handler(event, lambda_context()) == {"applied": []}
     assert [r["status"] for r in cfn_responses] == ["SUCCESS"]
 
@@ -120,5 +122,3 @@ def test_send_cfn_response_puts_the_documented_body(monkeypatch):
         "RequestId": event["RequestId"],
         "LogicalResourceId": "DatabaseMigrations",
     }
-
-

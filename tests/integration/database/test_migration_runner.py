@@ -25,7 +25,6 @@ ALL_VERSIONS = [path.stem for path in migrate.migration_files()]
 TABLE = "scheduled_tasks"
 
 
-
 def recorded(conn) -> list[tuple[str, str]]:
     return [tuple(row) for row in conn.run("SELECT version, checksum FROM schema_migrations ORDER BY version")]
 
@@ -46,7 +45,6 @@ def copy_migrations(tmp_path: Path) -> Path:
     target = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, target)
     return target
-
 
 
 # --- applying ---------------------------------------------------------------------------------
@@ -75,7 +73,6 @@ def test_second_run_applies_nothing_and_changes_nothing(empty_db, conn_to):
     assert conn.run("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version") == before
 
 
-
 def _migrate_in_child(connect_kwargs: dict, barrier, results) -> None:
     """Run in a spawned process: connect, wait for the sibling, migrate, report."""
     conn = pg8000.native.Connection(**connect_kwargs)
@@ -91,8 +88,13 @@ def _migrate_in_child(connect_kwargs: dict, barrier, results) -> None:
 def test_two_processes_migrating_at_once_both_succeed_and_apply_once(database_server, empty_db, conn_to):
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    connect_kwargs = {"user": database_server.user, "host": database_server.host, "port": database_server.port,
-                      "password": database_server.password, "database": empty_db}
+    connect_kwargs = {
+        "user": database_server.user,
+        "host": database_server.host,
+        "port": database_server.port,
+        "password": database_server.password,
+        "database": empty_db,
+    }
     children = [ctx.Process(target=_migrate_in_child, args=(connect_kwargs, barrier, results)) for _ in range(2)]
     for child in children:
         child.start()
@@ -115,11 +117,20 @@ def test_two_cli_runs_waiting_on_the_lock_both_succeed_and_apply_once(database_s
     """`python db/migrate.py` twice, both started while the lock is held, so they surely overlap."""
     gate = conn_to(empty_db)
     gate.run("SELECT pg_advisory_lock(:key)", key=migrate._LOCK_KEY)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DB_")}, **database_server.env(empty_db),
-           "POWERTOOLS_LOG_LEVEL": "ERROR"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DB_")},
+        **database_server.env(empty_db),
+        "POWERTOOLS_LOG_LEVEL": "ERROR",
+    }
     runs = [
-        subprocess.Popen([sys.executable, str(ROOT / "db" / "migrate.py")], env=env, cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "db" / "migrate.py")],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     try:
@@ -173,5 +184,3 @@ def test_a_failing_migration_leaves_nothing_behind_and_can_be_fixed(empty_db, co
     broken.write_text("CREATE TABLE half_done (id int);\n", encoding="utf-8")
     assert migrate.apply_migrations(conn, directory) == ["9999_broken"]
     assert table_exists(conn, "half_done")
-
-

@@ -21,7 +21,6 @@ ALL_VERSIONS = [path.stem for path in migrate.migration_files()]
 TABLE = "scheduled_tasks"
 
 
-
 # --- the named queries ------------------------------------------------------------------------
 
 SQL_DIR = ROOT / "layers" / "common" / "python" / "atcore" / "sql"
@@ -97,7 +96,9 @@ def test_each_query_has_exactly_its_parameters_as_pg8000_sees_them(name):
 
 
 def test_to_statement_turns_names_in_casts_into_numbered_parameters():
-    converted, names = placeholders("SELECT CAST(:x AS text) IS NULL OR s = :x, CAST(:p AS jsonb), :q::jsonb, '{}'::jsonb")
+    converted, names = placeholders(
+        "SELECT CAST(:x AS text) IS NULL OR s = :x, CAST(:p AS jsonb), :q::jsonb, '{}'::jsonb"
+    )
     assert converted == "SELECT CAST($1 AS text) IS NULL OR s = $1, CAST($2 AS jsonb), $3::jsonb, '{}'::jsonb"
     assert names == ["x", "p", "q"]
     converted, names = placeholders("SELECT ':not_a_param', \"col:x\" -- :nor_this\n, $$:nor$$")
@@ -113,12 +114,17 @@ def _query_calls() -> list[tuple[str, str, set[str] | None]]:
             if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Call)):
                 continue
             inner = node.args[0]
-            if not (isinstance(inner.func, ast.Name) and inner.func.id == "query" and inner.args
-                    and isinstance(inner.args[0], ast.Constant)):
+            if not (
+                isinstance(inner.func, ast.Name)
+                and inner.func.id == "query"
+                and inner.args
+                and isinstance(inner.args[0], ast.Constant)
+            ):
                 continue
             keywords = {kw.arg for kw in node.keywords}
-            calls.append((f"{path.relative_to(ROOT)}:{node.lineno}", inner.args[0].value,
-                          None if None in keywords else keywords))
+            calls.append(
+                (f"{path.relative_to(ROOT)}:{node.lineno}", inner.args[0].value, None if None in keywords else keywords)
+            )
     return calls
 
 
@@ -145,8 +151,15 @@ def _insert(sql, status: str, task_type: str) -> int:
 @pytest.mark.parametrize("through", ["pg8000", "atcore.db"])
 def test_list_tasks_query_filters_by_status_and_type(sql, through):
     ids = {}
-    for status, task_type in [("pending", "a"), ("completed", "a"), ("pending", "b"), ("failed", "b"),
-                              ("completed", "b"), ("cancelled", "a"), ("processing", "a")]:
+    for status, task_type in [
+        ("pending", "a"),
+        ("completed", "a"),
+        ("pending", "b"),
+        ("failed", "b"),
+        ("completed", "b"),
+        ("cancelled", "a"),
+        ("processing", "a"),
+    ]:
         ids.setdefault((status, task_type), []).append(_insert(sql, status, task_type))
 
     def execute(text, **params):
@@ -157,8 +170,15 @@ def test_list_tasks_query_filters_by_status_and_type(sql, through):
             return conn.run_dicts(text, **params)
 
     def run(status=None, task_type=None, limit=50, offset=0, before_id=None, max_bytes=10**6):
-        rows = execute(query("list_tasks"), status=status, task_type=task_type, before_id=before_id, limit=limit,
-                       offset=offset, max_bytes=max_bytes)
+        rows = execute(
+            query("list_tasks"),
+            status=status,
+            task_type=task_type,
+            before_id=before_id,
+            limit=limit,
+            offset=offset,
+            max_bytes=max_bytes,
+        )
         return rows[0]["total"], [row["page_id"] for row in rows if row["page_id"] is not None], rows
 
     total, listed, _ = run()
@@ -166,7 +186,10 @@ def test_list_tasks_query_filters_by_status_and_type(sql, through):
     total, listed, rows = run(status="completed")
     assert total == 2 and listed == sorted(ids[("completed", "a")] + ids[("completed", "b")], reverse=True)
     assert {row["status"] for row in rows} == {"completed"}
-    assert run(task_type="b")[:2] == (3, sorted(ids[("pending", "b")] + ids[("failed", "b")] + ids[("completed", "b")], reverse=True))
+    assert run(task_type="b")[:2] == (
+        3,
+        sorted(ids[("pending", "b")] + ids[("failed", "b")] + ids[("completed", "b")], reverse=True),
+    )
     assert run(status="pending", task_type="a")[:2] == (1, ids[("pending", "a")])
     assert run(status="failed", task_type="a")[:2] == (0, [])
     total, listed, rows = run(limit=2, offset=6)
@@ -190,11 +213,18 @@ def test_list_tasks_query_filters_by_status_and_type(sql, through):
 
 @pytest.mark.parametrize("payload", [{"a": [1, "x"]}, "text", 42, [None], True])
 def test_create_task_query_stores_the_payload_as_json_not_as_a_string(sql, payload):
-    rows = sql.run(query("create_task"), execute_at="2099-01-01T00:00:00Z", task_type="t",
-                   payload=json.dumps(payload), max_attempts=3)
+    rows = sql.run(
+        query("create_task"),
+        execute_at="2099-01-01T00:00:00Z",
+        task_type="t",
+        payload=json.dumps(payload),
+        max_attempts=3,
+    )
     assert rows[0][3] == payload
     kinds = {dict: "object", str: "string", int: "number", list: "array", bool: "boolean"}
-    assert sql.run("SELECT jsonb_typeof(payload) FROM scheduled_tasks WHERE id = :id", id=rows[0][0]) == [[kinds[type(payload)]]]
+    assert sql.run("SELECT jsonb_typeof(payload) FROM scheduled_tasks WHERE id = :id", id=rows[0][0]) == [
+        [kinds[type(payload)]]
+    ]
 
 
 def test_a_task_written_due_soon_wakes_the_dispatcher_whatever_writes_it(sql, database_server, database):
@@ -210,8 +240,10 @@ def test_a_task_written_due_soon_wakes_the_dispatcher_whatever_writes_it(sql, da
             return channels
 
         # A create due later than the wake horizon (1 s) notifies nobody; one due within it does.
-        [[later]] = sql.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
-                            "VALUES (now() + interval '1 hour', 't', '{}') RETURNING id")
+        [[later]] = sql.run(
+            "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
+            "VALUES (now() + interval '1 hour', 't', '{}') RETURNING id"
+        )
         assert notified() == []
         sql.run(query("create_task"), execute_at=sql.run("SELECT now() + interval '0.5 seconds'")[0][0], **args)
         assert notified() == ["at_task_due_soon"]
@@ -225,5 +257,3 @@ def test_a_task_written_due_soon_wakes_the_dispatcher_whatever_writes_it(sql, da
         assert notified() == []
     finally:
         listener.close()
-
-

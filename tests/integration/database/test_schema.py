@@ -14,8 +14,6 @@ ALL_VERSIONS = [path.stem for path in migrate.migration_files()]
 TABLE = "scheduled_tasks"
 
 
-
-
 EXPECTED_COLUMNS = {
     # name: (data_type, nullable, default, varchar length)
     "id": ("bigint", "NO", None, None),
@@ -39,7 +37,8 @@ EXPECTED_INDEXES = {
     "scheduled_tasks_due_idx": "USING btree (execute_at) WHERE ((status = 'pending'::text) AND (queued_until IS NULL))",
     "scheduled_tasks_queued_idx": "USING btree (queued_until) WHERE (queued_until IS NOT NULL)",
     "scheduled_tasks_finished_idx": (
-        "USING btree (updated_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]))"),
+        "USING btree (updated_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]))"
+    ),
     "scheduled_tasks_lease_idx": "USING btree (lease_expires_at) WHERE (status = 'processing'::text)",
     "scheduled_tasks_status_id_idx": "USING btree (status, id)",
     "scheduled_tasks_type_id_idx": "USING btree (task_type, id)",
@@ -109,8 +108,8 @@ def test_schema_has_the_table_columns_constraints_and_indexes(empty_db, conn_to)
     assert comment and "One-off tasks" in comment
 
 
-
 # --- constraints: the database itself refuses invalid states ----------------------------------
+
 
 @pytest.mark.parametrize(
     "overrides",
@@ -152,11 +151,16 @@ def test_valid_states_are_accepted(sql, overrides):
         ({"completed_at": "now()"}, "23514", "completed_at_iff_finished"),
         ({"attempts": "4", "max_attempts": "3"}, "23514", "attempts_within_limit"),
         ({"attempts": "-1"}, "23514", "attempts_within_limit"),
-        ({"status": "'processing'", "attempts": "1", "lease_expires_at": "now()", "queued_until": "now()"},
-         "23514", "queued_only_while_pending"),
+        (
+            {"status": "'processing'", "attempts": "1", "lease_expires_at": "now()", "queued_until": "now()"},
+            "23514",
+            "queued_only_while_pending",
+        ),
         ({"status": "'cancelled'", "queued_until": "now()"}, "23514", "queued_only_while_pending"),
     ],
-    ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={val[:12]}" for k, val in v.items()) if isinstance(v, dict) else "-",
+    ids=lambda v: (
+        v if isinstance(v, str) else ",".join(f"{k}={val[:12]}" for k, val in v.items()) if isinstance(v, dict) else "-"
+    ),
 )
 def test_invalid_inserts_are_refused(sql, overrides, code, constraint):
     with pytest.raises(pg8000.exceptions.DatabaseError) as raised:
@@ -203,25 +207,35 @@ def test_a_legal_lifecycle_passes_every_constraint(sql):
     assert sql.run("SELECT status, attempts FROM scheduled_tasks WHERE id = :id", id=task_id) == [["completed", 2]]
 
 
-
 def test_task_counts_follow_every_kind_of_write(sql):
     """0002's triggers keep scheduled_task_counts equal to count(*) per (status, task_type)."""
 
     def counts_by_table():
-        return sorted(map(tuple, sql.run(
-            "SELECT status, task_type, sum(n)::bigint FROM scheduled_task_counts "
-            "GROUP BY status, task_type HAVING sum(n) <> 0")))
+        return sorted(
+            map(
+                tuple,
+                sql.run(
+                    "SELECT status, task_type, sum(n)::bigint FROM scheduled_task_counts "
+                    "GROUP BY status, task_type HAVING sum(n) <> 0"
+                ),
+            )
+        )
 
     def counts_by_rows():
-        return sorted(map(tuple, sql.run(
-            "SELECT status, task_type, count(*) FROM scheduled_tasks GROUP BY status, task_type")))
+        return sorted(
+            map(tuple, sql.run("SELECT status, task_type, count(*) FROM scheduled_tasks GROUP BY status, task_type"))
+        )
 
-    sql.run("INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
-            "SELECT now() + interval '1 hour', 't' || (i % 3), '{}' FROM generate_series(1, 30) AS i")
+    sql.run(
+        "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
+        "SELECT now() + interval '1 hour', 't' || (i % 3), '{}' FROM generate_series(1, 30) AS i"
+    )
     assert counts_by_table() == counts_by_rows()
     sql.run("UPDATE scheduled_tasks SET status = 'cancelled' WHERE id % 4 = 0")
-    sql.run("UPDATE scheduled_tasks SET status = 'processing', attempts = 1, "
-            "lease_expires_at = now() + interval '1 minute' WHERE id % 5 = 0 AND status = 'pending'")
+    sql.run(
+        "UPDATE scheduled_tasks SET status = 'processing', attempts = 1, "
+        "lease_expires_at = now() + interval '1 minute' WHERE id % 5 = 0 AND status = 'pending'"
+    )
     sql.run("UPDATE scheduled_tasks SET task_type = 'renamed' WHERE id = 1")
     sql.run("DELETE FROM scheduled_tasks WHERE id % 7 = 0")
     assert counts_by_table() == counts_by_rows()

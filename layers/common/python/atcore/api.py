@@ -8,7 +8,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -103,7 +103,7 @@ def page_response(listing: TaskListing) -> Response:
 def error_responses(*statuses: int, **descriptions: str) -> dict[int, OpenAPIResponse]:
     """The `responses=` of a route for these error statuses, e.g. error_responses(400, 404, 503);
     a keyword such as `not_found="..."` (an HTTPStatus name, lower case) rewords one."""
-    custom = {HTTPStatus[name.upper()]: text for name, text in descriptions.items()}
+    custom: dict[int, str] = {HTTPStatus[name.upper()]: text for name, text in descriptions.items()}
     return {
         int(status): {
             "description": custom.get(status) or ERROR_DESCRIPTIONS[status],
@@ -171,7 +171,7 @@ def validation_error_response(errors: list[dict[str, Any]]) -> Response:
     return error_response(HTTPStatus.BAD_REQUEST, details[0].message if details else "invalid request", details)
 
 
-def _body_size(event: dict[str, Any]) -> int:
+def _body_size(event: Mapping[str, Any]) -> int:
     body = event.get("body") or ""
     if event.get("isBase64Encoded"):
         try:
@@ -181,7 +181,7 @@ def _body_size(event: dict[str, Any]) -> int:
     return len(body.encode("utf-8", "surrogatepass"))
 
 
-def _as_json_request(event: dict[str, Any]) -> dict[str, Any]:
+def _as_json_request(event: Mapping[str, Any]) -> dict[str, Any]:
     """Bodies are read as JSON whatever their Content-Type, as the original service did
     (curl -d sends application/x-www-form-urlencoded)."""
     headers = {k: v for k, v in (event.get("headers") or {}).items() if k.lower() != "content-type"}
@@ -210,7 +210,7 @@ class TaskApiResolver(APIGatewayRestResolver):
         """
         return re.compile(base_regex.format(re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", rule)))
 
-    def resolve(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    def resolve(self, event: Mapping[str, Any], context: LambdaContext) -> dict[str, Any]:
         if event.get("body") is not None:
             if _body_size(event) > MAX_BODY_BYTES:
                 # Answered before routing, so an oversize body is never parsed.

@@ -38,8 +38,10 @@ def _fields_from_secret(secret_arn: str) -> dict[str, object]:
     from botocore.config import Config
 
     # Bounded well inside a Lambda timeout; a failure is a 503 and the next request tries again.
-    client = boto3.client("secretsmanager", config=Config(connect_timeout=2, read_timeout=3,
-                                                          retries={"mode": "standard", "max_attempts": 2}))
+    client = boto3.client(
+        "secretsmanager",
+        config=Config(connect_timeout=2, read_timeout=3, retries={"mode": "standard", "max_attempts": 2}),
+    )
     try:
         secret = client.get_secret_value(SecretId=secret_arn)
     except Exception as exc:  # any SDK or network error: the credentials are unavailable now

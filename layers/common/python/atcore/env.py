@@ -20,10 +20,11 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-_readers: list[Callable[[], object]] = []
+_readers: list[functools._lru_cache_wrapper[Any]] = []
 
 
 class ConfigurationError(Exception):
@@ -46,14 +47,14 @@ def _alias(model: type[BaseModel], field_name: str) -> str:
     return field.alias or field_name
 
 
-def cached[Result](read: Callable[[], Result]) -> Callable[[], Result]:
+def cached[Result](read: Callable[[], Result]) -> functools._lru_cache_wrapper[Result]:
     """functools.cache for a settings reader, which reset() forgets."""
     reader = functools.cache(read)
     _readers.append(reader)
     return reader
 
 
-def settings_reader[Model: BaseModel](model: type[Model]) -> Callable[[], Model]:
+def settings_reader[Model: BaseModel](model: type[Model]) -> functools._lru_cache_wrapper[Model]:
     """A cached `from_environment(model)`: read once per execution environment, lazily."""
     return cached(lambda: from_environment(model))
 
@@ -61,4 +62,4 @@ def settings_reader[Model: BaseModel](model: type[Model]) -> Callable[[], Model]
 def reset() -> None:
     """Forget every cached settings object (tests that change the environment; SnapStart restores)."""
     for reader in _readers:
-        reader.cache_clear()  # type: ignore[attr-defined]
+        reader.cache_clear()

@@ -139,19 +139,35 @@ def execute(task: ClaimedTask, deadline: float | None = None) -> Outcome:
         executors.execute(task.id, task.task_type, task.payload, task.attempt, deadline=deadline)
     except ExecutionError as exc:
         retry_in = backoff_seconds(task.attempt, settings) if exc.retryable else None
-        outcome = Outcome(task_id=task.id, attempt=task.attempt, succeeded=False,
-                          error=exc.message[:_ERROR_MESSAGE_LIMIT], retry_in_seconds=retry_in)
+        outcome = Outcome(
+            task_id=task.id,
+            attempt=task.attempt,
+            succeeded=False,
+            error=exc.message[:_ERROR_MESSAGE_LIMIT],
+            retry_in_seconds=retry_in,
+        )
     except Exception as exc:  # noqa: BLE001 - an executor bug must not kill the worker; the task is retried
         logger.exception("Executor raised unexpectedly", extra={"task_id": task.id})
-        outcome = Outcome(task_id=task.id, attempt=task.attempt, succeeded=False,
-                          error=f"internal error in executor: {type(exc).__name__}",
-                          retry_in_seconds=backoff_seconds(task.attempt, settings))
+        outcome = Outcome(
+            task_id=task.id,
+            attempt=task.attempt,
+            succeeded=False,
+            error=f"internal error in executor: {type(exc).__name__}",
+            retry_in_seconds=backoff_seconds(task.attempt, settings),
+        )
     else:
         outcome = Outcome(task_id=task.id, attempt=task.attempt, succeeded=True)
     outcome.lateness_seconds = max(lateness, 0.0)
-    logger.debug("Task executed", extra={"task_id": task.id, "attempt": task.attempt, "succeeded": outcome.succeeded,
-                                         "duration_ms": round((time.time() - started) * 1000, 1),
-                                         "lateness_ms": round(lateness * 1000, 1)})
+    logger.debug(
+        "Task executed",
+        extra={
+            "task_id": task.id,
+            "attempt": task.attempt,
+            "succeeded": outcome.succeeded,
+            "duration_ms": round((time.time() - started) * 1000, 1),
+            "lateness_ms": round(lateness * 1000, 1),
+        },
+    )
     return outcome
 
 

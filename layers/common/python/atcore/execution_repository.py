@@ -70,8 +70,12 @@ def start_attempts(conn: Connection, refs: Sequence[AttemptRef], lease_seconds: 
     """Start the attempts queue messages name; those no longer current are left out."""
     if not refs:
         return []
-    rows = conn.run_dicts(query("start_attempts"), ids=[r.id for r in refs], attempts=[r.attempt for r in refs],
-                          lease_seconds=lease_seconds)
+    rows = conn.run_dicts(
+        query("start_attempts"),
+        ids=[r.id for r in refs],
+        attempts=[r.attempt for r in refs],
+        lease_seconds=lease_seconds,
+    )
     return _claimed(rows)
 
 

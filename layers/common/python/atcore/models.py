@@ -217,7 +217,7 @@ def parse_offset(value: object) -> int:
 def parse_status_filter(value: object) -> TaskStatus | None:
     if value is None or value == "":
         return None
-    if value not in TaskStatus.__members__.values():
+    if not isinstance(value, str) or value not in TaskStatus.__members__.values():
         raise ValueError(f"status must be one of: {STATUS_CHOICES}")
     return TaskStatus(value)
 
@@ -352,8 +352,14 @@ class CreateTaskRequest(BaseModel):
     task_type: Annotated[
         str,
         BeforeValidator(check_task_type),  # the rule; the schema below only describes it
-        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": TASK_TYPE_MAX_LENGTH,
-                        "pattern": NO_CONTROL_CHARACTERS_PATTERN}),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": TASK_TYPE_MAX_LENGTH,
+                "pattern": NO_CONTROL_CHARACTERS_PATTERN,
+            }
+        ),
     ] = Field(description="Routes the task to its executor; 1 to 50 characters, no control characters.")
     payload: Annotated[Any, BeforeValidator(check_payload), WithJsonSchema({"not": {"type": "null"}})] = Field(
         description="Any JSON value except null; handed to the executor."

@@ -47,7 +47,7 @@ if tracing_enabled():
     # No auto-patching: X-Ray's patch_all imports every library it can trace (botocore, requests,
     # ...), which doubled the API functions' cold start for calls they never make. Functions that
     # call AWS patch botocore themselves (see functions/dispatcher and functions/worker).
-    tracer = Tracer(auto_patch=False)
+    tracer: Tracer | _NoTracer = Tracer(auto_patch=False)
 else:
     tracer = _NoTracer()
 

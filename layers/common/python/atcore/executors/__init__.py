@@ -59,8 +59,11 @@ def execute(task_id: int, task_type: str, payload: object, attempt: int, *, dead
             raise ExecutionError("attempt not started: its deadline had already passed")
         result = run(task_id, payload, attempt, deadline=ends)
     except ExecutionError as error:
-        log_fields.update(outcome="retryable_failure" if error.retryable else "failed", error=error.message,
-                          duration_ms=_elapsed_ms(started))
+        log_fields.update(
+            outcome="retryable_failure" if error.retryable else "failed",
+            error=error.message,
+            duration_ms=_elapsed_ms(started),
+        )
         if error.detail:  # what the task's owner is not shown: addresses, the AWS message, a response's start
             log_fields["error_detail"] = error.detail
         if (http_status := getattr(error, "http_status", None)) is not None:

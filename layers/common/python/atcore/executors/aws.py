@@ -17,13 +17,31 @@ from .errors import ExecutionError, truncate
 from .settings import executor_settings
 
 # Error codes that mean "try again later", whatever their HTTP status.
-_TRANSIENT_CODES = frozenset({
-    "Throttling", "ThrottlingException", "ThrottledException", "TooManyRequestsException", "RequestThrottled",
-    "RequestThrottledException", "RequestLimitExceeded", "SlowDown", "ProvisionedThroughputExceededException",
-    "KMSThrottlingException", "ServiceUnavailable", "ServiceUnavailableException", "InternalError",
-    "InternalFailure", "InternalServerError", "InternalErrorException", "RequestTimeout",
-    "RequestTimeoutException", "ExpiredToken", "ExpiredTokenException", "RequestExpired",
-})
+_TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "ProvisionedThroughputExceededException",
+        "KMSThrottlingException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalErrorException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+    }
+)
 
 # (seconds per connect and per read, SDK attempts), most generous first. A client is made per
 # service and profile (at most len(_TIMEOUT_PROFILES) of each), and a call uses the most generous
@@ -33,8 +51,9 @@ _TIMEOUT_PROFILES: tuple[tuple[float, int], ...] = ((5.0, 2), (2.0, 2), (1.0, 2)
 _RETRY_SLEEP_SECONDS = 1.0
 
 # Error codes that mean "the worker's role may not do this"; sdk_call's caller says what that means.
-_ACCESS_DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "AuthorizationError",
-                                  "AuthorizationErrorException"})
+_ACCESS_DENIED_CODES = frozenset(
+    {"AccessDenied", "AccessDeniedException", "AuthorizationError", "AuthorizationErrorException"}
+)
 # What a few other codes mean, in the task owner's terms.
 _MEANINGS = {
     "AWS.SimpleQueueService.NonExistentQueue": "the queue does not exist",
@@ -97,12 +116,13 @@ def reset_clients() -> None:
         _clients.clear()
 
 
-def _new_client(service: str, timeout: float, attempts: int) -> Any:
+def _new_client(service: Any, timeout: float, attempts: int) -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(connect_timeout=timeout, read_timeout=timeout,
-                    retries={"mode": "standard", "max_attempts": attempts})
+    config = Config(
+        connect_timeout=timeout, read_timeout=timeout, retries={"mode": "standard", "max_attempts": attempts}
+    )
     # A session of its own: boto3's default session is not safe to share between threads. botocore
     # reads AWS_DEFAULT_REGION only; AWS_REGION (what Lambda and most tools set) is honoured too.
     session = boto3.session.Session(region_name=executor_settings().aws_region)

@@ -98,7 +98,7 @@ def check_sender_allowed(sender: str) -> None:
 
 
 def bare_address(value: str) -> str:
-    """"Ann <ann@example.com>" -> "ann@example.com" (what SES's ses:FromAddress condition compares)."""
+    """ "Ann <ann@example.com>" -> "ann@example.com" (what SES's ses:FromAddress condition compares)."""
     named = _NAMED_ADDRESS.fullmatch(value)
     return named.group(1) if named else value
 
@@ -125,5 +125,13 @@ def ses_request(email: EmailPayload, sender: str) -> dict[str, Any]:
 
 
 def outbox_message(email: EmailPayload, sender: str) -> dict[str, object]:
-    return {"from": sender, "to": email.to, "cc": email.cc, "bcc": email.bcc, "reply_to": email.reply_to,
-            "subject": email.subject, "text": email.text, "html": email.html}
+    return {
+        "from": sender,
+        "to": email.to,
+        "cc": email.cc,
+        "bcc": email.bcc,
+        "reply_to": email.reply_to,
+        "subject": email.subject,
+        "text": email.text,
+        "html": email.html,
+    }

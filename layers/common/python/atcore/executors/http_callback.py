@@ -33,10 +33,24 @@ ERROR_BODY_CHARS = 200
 
 # Headers the scheduler owns: framing/hop-by-hop ones would break the request or the kept-alive
 # connection, and the idempotency/task headers must be trustworthy for the receiver.
-RESERVED_HEADERS = frozenset({
-    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
-    "expect", "proxy-authorization", "proxy-connection", "idempotency-key", "x-at-task-id", "x-at-attempt",
-})
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "expect",
+        "proxy-authorization",
+        "proxy-connection",
+        "idempotency-key",
+        "x-at-task-id",
+        "x-at-attempt",
+    }
+)
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
 # Keeps every printable ASCII character as written and percent-encodes the rest (non-ASCII paths).
 _URL_SAFE_CHARACTERS = "".join(c for c in string.printable if c not in string.whitespace)
@@ -176,8 +190,9 @@ def check_status(status: int, body_head: bytes) -> None:
         message += " (redirects are not followed)"
     snippet = truncate(body_head[: ERROR_BODY_CHARS * 4].decode("utf-8", "replace"), ERROR_BODY_CHARS)
     retryable = status >= 500 or status in (408, 429)
-    raise CallbackStatusError(message, retryable=retryable, http_status=status,
-                              detail=f"response body: {snippet}" if snippet else None)
+    raise CallbackStatusError(
+        message, retryable=retryable, http_status=status, detail=f"response body: {snippet}" if snippet else None
+    )
 
 
 def transport_error(exc: OSError | http.client.HTTPException, budget: float) -> ExecutionError:
@@ -188,11 +203,13 @@ def transport_error(exc: OSError | http.client.HTTPException, budget: float) -> 
     if isinstance(exc, ssl.SSLCertVerificationError):
         # A wrong or expired certificate is a configuration problem at the receiver: retries won't fix it.
         reason = getattr(exc, "verify_message", None) or "certificate verify failed"
-        return ExecutionError(f"callback TLS certificate verification failed: {truncate(reason)}", retryable=False,
-                              detail=detail)
+        return ExecutionError(
+            f"callback TLS certificate verification failed: {truncate(reason)}", retryable=False, detail=detail
+        )
     if isinstance(exc, ssl.SSLError):
-        return ExecutionError(f"callback TLS error: {truncate(getattr(exc, 'reason', None) or 'handshake failed')}",
-                              detail=detail)
+        return ExecutionError(
+            f"callback TLS error: {truncate(getattr(exc, 'reason', None) or 'handshake failed')}", detail=detail
+        )
     if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
         return ExecutionError(f"callback sent an invalid HTTP response: {type(exc).__name__}", detail=detail)
     return ExecutionError(f"callback connection failed: {_connection_failure(exc)}", detail=detail)

@@ -37,8 +37,13 @@ MAX_ADDRESSES_TRIED = 3
 MAX_DRAINED_BODY_BYTES = 64 * 1024
 
 # What a kept-alive connection that the server already closed looks like when we use it anyway.
-_STALE_CONNECTION_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, ssl.SSLEOFError,
-                            ssl.SSLZeroReturnError)  # http.client.RemoteDisconnected is a ConnectionResetError
+_STALE_CONNECTION_ERRORS = (
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)  # http.client.RemoteDisconnected is a ConnectionResetError
 
 
 @dataclass(frozen=True)
@@ -103,18 +108,18 @@ class _DeadlineSSLSocket(ssl.SSLSocket):
     socket's timeout in total, which is set to the time left before each of them."""
 
     deadline: float | None = None
-    _arm = _DeadlineSocket._arm
+    _arm = _DeadlineSocket._arm  # the same method, on the TLS socket class
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        self._arm()
-        return super().recv_into(buffer, nbytes, flags)  # type: ignore[arg-type]
+        self._arm()  # type: ignore[misc]
+        return super().recv_into(buffer, nbytes or 0, flags)
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        self._arm()
+        self._arm()  # type: ignore[misc]
         return super().recv(buflen, flags)
 
     def send(self, data: Any, flags: int = 0) -> int:
-        self._arm()  # SSLSocket.sendall sends through send(), one armed write per chunk
+        self._arm()  # type: ignore[misc]  # SSLSocket.sendall sends through send(), one armed write per chunk
         return super().send(data, flags)
 
 
@@ -170,8 +175,7 @@ def _connect_vetted(destination: Destination, deadline: float) -> _DeadlineSocke
     last_error: OSError | None = None
     for index, ip in enumerate(addresses):
         share = remaining(deadline) / (len(addresses) - index)
-        sock = _DeadlineSocket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM,
-                               socket.IPPROTO_TCP)
+        sock = _DeadlineSocket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.settimeout(share)
             sock.connect((ip, destination.port))
@@ -196,8 +200,9 @@ class _IdleConnections(threading.local):
 _idle = _IdleConnections()
 
 
-def send(destination: Destination, method: str, target: str, headers: dict[str, str], body: bytes | None,
-         deadline: float) -> Reply:
+def send(
+    destination: Destination, method: str, target: str, headers: dict[str, str], body: bytes | None, deadline: float
+) -> Reply:
     """One request/response, all of it (connect, TLS, request, answer) over by `deadline` (time.monotonic());
     raises TimeoutError then. Reconnects once, transparently, if a kept-alive connection turns out stale.
 
@@ -222,8 +227,15 @@ def close_idle_connections() -> None:
         connection.close()
 
 
-def _round_trip(destination: Destination, connection: _Connection, method: str, target: str,
-                headers: dict[str, str], body: bytes | None, deadline: float) -> Reply:
+def _round_trip(
+    destination: Destination,
+    connection: _Connection,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    deadline: float,
+) -> Reply:
     try:
         connection.set_deadline(deadline)
         connection.request(method, target, body=body, headers=headers)

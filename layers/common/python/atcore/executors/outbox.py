@@ -28,8 +28,9 @@ def deliver(channel: str, task_id: int, attempt: int, message: Mapping[str, obje
     try:
         written = _append(path, line)
     except OSError as exc:
-        raise ExecutionError(f"outbox write failed: {exc.strerror or type(exc).__name__}",
-                             detail=f"{path}: {exc}") from None
+        raise ExecutionError(
+            f"outbox write failed: {exc.strerror or type(exc).__name__}", detail=f"{path}: {exc}"
+        ) from None
     if written != len(line):
         raise ExecutionError("outbox write was cut short (disk full?)")
     logger.info("delivered to outbox", extra={"channel": channel, "task_id": task_id, "attempt": attempt})

@@ -98,4 +98,3 @@ def _message(error: Any) -> str:
         return f"must be at most {ctx['le']}"
     message: str = error["msg"]
     return message[:1].lower() + message[1:]
-

@@ -45,8 +45,9 @@ def resolve_addresses(host: str, port: int, deadline: float | None = None) -> li
     try:
         infos = resolver.getaddrinfo(host, port, attempt_deadline(deadline))
     except (socket.gaierror, UnicodeError) as exc:
-        raise ExecutionError(f"callback DNS lookup failed for {truncate(host, 100)!r}: {_lookup_failure(exc)}",
-                             detail=truncate(str(exc))) from None
+        raise ExecutionError(
+            f"callback DNS lookup failed for {truncate(host, 100)!r}: {_lookup_failure(exc)}", detail=truncate(str(exc))
+        ) from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
         raise ExecutionError(f"callback DNS lookup failed for {truncate(host, 100)!r}: no addresses")
@@ -72,8 +73,11 @@ def vetted_addresses(host: str, port: int, deadline: float | None = None) -> lis
         reason = _verdict(address, private_allowed, on_lambda)
         if reason is not None:
             answers = ", ".join(addresses[:8])
-            raise ExecutionError(_refusal(host, address, reason), retryable=False,
-                                 detail=f"{truncate(host, 100)} resolved to {answers}: {address} is {reason}")
+            raise ExecutionError(
+                _refusal(host, address, reason),
+                retryable=False,
+                detail=f"{truncate(host, 100)} resolved to {answers}: {address} is {reason}",
+            )
     return addresses
 
 

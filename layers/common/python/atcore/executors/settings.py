@@ -44,8 +44,11 @@ class ExecutorSettings(BaseModel):
         return bool(self.lambda_function_name or self.lambda_runtime_api)
 
     def endpoint_for(self, service: str) -> str | None:
-        specific = {"sesv2": self.endpoint_url_sesv2 or self.endpoint_url_ses, "sns": self.endpoint_url_sns,
-                    "sqs": self.endpoint_url_sqs}.get(service)
+        specific = {
+            "sesv2": self.endpoint_url_sesv2 or self.endpoint_url_ses,
+            "sns": self.endpoint_url_sns,
+            "sqs": self.endpoint_url_sqs,
+        }.get(service)
         return specific or self.endpoint_url
 
 

@@ -112,13 +112,18 @@ def sqs_request(message: SqsPayload, task_id: int) -> dict[str, Any]:
             request["DelaySeconds"] = message.delay_seconds
     if message.attributes:
         request["MessageAttributes"] = {
-            name: {"DataType": "String", "StringValue": value} for name, value in message.attributes.items()}
+            name: {"DataType": "String", "StringValue": value} for name, value in message.attributes.items()
+        }
     return request
 
 
 def outbox_message(request: dict[str, Any]) -> dict[str, object]:
     attributes = {name: spec["StringValue"] for name, spec in request.get("MessageAttributes", {}).items()}
-    return {"queue_url": request["QueueUrl"], "body": request["MessageBody"],
-            "message_group_id": request.get("MessageGroupId"),
-            "deduplication_id": request.get("MessageDeduplicationId"),
-            "delay_seconds": request.get("DelaySeconds"), "attributes": attributes}
+    return {
+        "queue_url": request["QueueUrl"],
+        "body": request["MessageBody"],
+        "message_group_id": request.get("MessageGroupId"),
+        "deduplication_id": request.get("MessageDeduplicationId"),
+        "delay_seconds": request.get("DelaySeconds"),
+        "attributes": attributes,
+    }

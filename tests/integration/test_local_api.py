@@ -191,8 +191,18 @@ def test_handlers_are_loaded_before_the_first_request() -> None:
         local_api.shutdown()
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "localhost:1", "127.0.0.1.evil.example:{port}",
-                                  "[::2]:{port}", "localhost.:{port}", "127.0.0.1:{port}:{port}"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:{port}",
+        "localhost:1",
+        "127.0.0.1.evil.example:{port}",
+        "[::2]:{port}",
+        "localhost.:{port}",
+        "127.0.0.1:{port}:{port}",
+    ],
+)
 def test_a_host_that_is_not_a_local_name_is_refused(api: LocalApi, host: str) -> None:
     status, headers, body = call(api, "GET", "/health", headers={"Host": host.format(port=api.url.rsplit(":", 1)[1])})
     assert (status, headers["Content-Type"]) == (403, "application/json")
@@ -219,8 +229,11 @@ def test_browser_requests_must_be_same_origin_and_json(api: LocalApi) -> None:
         assert (status, sorted(json.loads(body))) == (403, ["error"]), headers
     served = [
         {"Origin": own, "Content-Type": "application/json"},
-        {"Origin": own.replace("127.0.0.1", "localhost"), "Sec-Fetch-Site": "same-origin",
-         "Content-Type": "application/json; charset=utf-8"},
+        {
+            "Origin": own.replace("127.0.0.1", "localhost"),
+            "Sec-Fetch-Site": "same-origin",
+            "Content-Type": "application/json; charset=utf-8",
+        },
         {"Content-Type": "application/x-www-form-urlencoded"},  # curl -d: not a browser
         {"Content-Type": "text/plain"},
     ]
@@ -244,13 +257,23 @@ def _children(pid: int) -> set[int]:
 
 
 @contextlib.contextmanager
-def pre_forked_server(folder: Path, processes: int, *, ignore_sigint: bool = False
-                      ) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+def pre_forked_server(
+    folder: Path, processes: int, *, ignore_sigint: bool = False
+) -> Iterator[tuple[subprocess.Popen, str, Path]]:
     """`python -m devtools.local_api --processes N` in its own process group, once all N answer;
     ignore_sigint starts it as a shell starts a background job (SIGINT ignored)."""
     port, console = free_port(), folder / "console.log"
-    command = [sys.executable, "-m", "devtools.local_api", "--template", str(TEMPLATE), "--port", str(port),
-               "--processes", str(processes)]
+    command = [
+        sys.executable,
+        "-m",
+        "devtools.local_api",
+        "--template",
+        str(TEMPLATE),
+        "--port",
+        str(port),
+        "--processes",
+        str(processes),
+    ]
     if ignore_sigint:
         command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
     with console.open("wb") as output:
@@ -276,8 +299,11 @@ def console_records(console: Path) -> list[dict]:
 def test_pre_forked_processes_are_replaced_and_finish_their_request_on_sigterm(tmp_path: Path) -> None:
     with pre_forked_server(tmp_path, 3) as (server, url, console):
         with ThreadPoolExecutor(max_workers=12) as pool:  # three at once, each in its own process
-            ids = list(pool.map(lambda n: _get_json(f"{url}/api/v1/tasks/{n}?hold=0.05")["event"]["pathParameters"]["id"],
-                                range(24)))
+            ids = list(
+                pool.map(
+                    lambda n: _get_json(f"{url}/api/v1/tasks/{n}?hold=0.05")["event"]["pathParameters"]["id"], range(24)
+                )
+            )
         assert ids == [str(n) for n in range(24)]
 
         killed = min(_children(server.pid))
