@@ -87,6 +87,42 @@ CASES: dict[str, tuple[str, str, str, dict | None, dict | None, str | None]] = {
     "list_tasks_bad_limit": ("GET", "/api/v1/tasks", "/api/v1/tasks", None, {"limit": "abc"}, None),
     "list_tasks_bad_status": ("GET", "/api/v1/tasks", "/api/v1/tasks", None, {"status": "done"}, None),
     "health": ("GET", "/health", "/health", None, None, None),
+    "create_tasks_batch": (
+        "POST",
+        "/api/v1/tasks/batch",
+        "/api/v1/tasks/batch",
+        None,
+        None,
+        json.dumps(
+            {
+                "tasks": [
+                    {
+                        "execute_at": "2099-01-01T12:00:00Z",
+                        "task_type": "send_sms",
+                        "payload": {"phone_number": "+15551234567", "message": "Your table is ready"},
+                    },
+                    {
+                        "execute_at": "2099-01-01T12:05:00Z",
+                        "task_type": "http_callback",
+                        "payload": {"url": "https://example.com/hooks/reminder"},
+                        "max_attempts": 5,
+                    },
+                ]
+            }
+        ),
+    ),
+    "update_task": (
+        "PATCH",
+        "/api/v1/tasks/{id}",
+        "/api/v1/tasks/1",
+        {"id": "1"},
+        None,
+        json.dumps({"execute_at": "2099-01-02T12:00:00Z"}),
+    ),
+    "update_task_empty": ("PATCH", "/api/v1/tasks/{id}", "/api/v1/tasks/1", {"id": "1"}, None, "{}"),
+    "retry_task": ("POST", "/api/v1/tasks/{id}/retry", "/api/v1/tasks/1/retry", {"id": "1"}, None, None),
+    "list_attempts": ("GET", "/api/v1/tasks/{id}/attempts", "/api/v1/tasks/1/attempts", {"id": "1"}, None, None),
+    "get_stats": ("GET", "/api/v1/stats", "/api/v1/stats", None, None, None),
 }
 
 

@@ -35,7 +35,9 @@ DESCRIPTION = (
     'Every error is a JSON body `{"error": "..."}` (validation errors add `details`). '
     "Generated from the code by `python -m devtools.openapi`; every rule is in docs/API.md."
 )
-_UNUSED_STATUS = "422"  # Powertools documents 422 for validation errors; AT answers 400
+# Powertools documents 422 for its validation errors (AT answers those with 400); a 422 of AT's own
+# (Idempotency-Key reused) has AT's description.
+_POWERTOOLS_VALIDATION = ("422", "Validation Error")
 
 
 def api_version() -> str:
@@ -62,7 +64,9 @@ def build_document() -> dict[str, Any]:
         )
     document = _integral_numbers(merge.get_openapi_schema())
     for operation in _operations(document):
-        operation["responses"].pop(_UNUSED_STATUS, None)
+        status, description = _POWERTOOLS_VALIDATION
+        if operation["responses"].get(status, {}).get("description") == description:
+            del operation["responses"][status]
         for parameter in operation.get("parameters", []):
             if parameter["in"] == "query" and not parameter.get("required"):
                 parameter["allowEmptyValue"] = True

@@ -21,13 +21,19 @@ RESOURCES: dict[str, dict[str, Any]] = TEMPLATE["Resources"]
 GLOBAL_FUNCTION: dict[str, Any] = TEMPLATE.get("Globals", {}).get("Function", {})
 FUNCTIONS = {name: r for name, r in RESOURCES.items() if r["Type"] == "AWS::Serverless::Function"}
 
-# docs/CONTRACT.md, "Endpoints": exactly these, each served by its own function.
+# The API contract (docs/API.md): exactly these, each served by its own function.
 CONTRACT_ROUTES = {
     ("POST", "/api/v1/tasks"),
     ("GET", "/api/v1/tasks/{id}"),
     ("DELETE", "/api/v1/tasks/{id}"),
     ("GET", "/api/v1/tasks"),
     ("GET", "/health"),
+    # v1.1
+    ("POST", "/api/v1/tasks/batch"),
+    ("PATCH", "/api/v1/tasks/{id}"),
+    ("POST", "/api/v1/tasks/{id}/retry"),
+    ("GET", "/api/v1/tasks/{id}/attempts"),
+    ("GET", "/api/v1/stats"),
 }
 OPEN_ROUTES = {("GET", "/health")}  # reachable without credentials in every ApiAuth mode
 
@@ -77,6 +83,11 @@ def test_the_expected_functions_are_declared() -> None:
         "CancelTaskFunction",
         "ListTasksFunction",
         "HealthFunction",
+        "CreateTasksBatchFunction",
+        "UpdateTaskFunction",
+        "RetryTaskFunction",
+        "ListAttemptsFunction",
+        "GetStatsFunction",
         "DispatcherFunction",
         "WorkerFunction",
         "MigrateFunction",

@@ -26,10 +26,19 @@ TABLE = "scheduled_tasks"
 SQL_DIR = ROOT / "layers" / "common" / "python" / "atcore" / "sql"
 
 EXPECTED_PARAMETERS = {
-    "create_task": ["execute_at", "task_type", "payload", "max_attempts"],
+    "create_task": ["execute_at", "task_type", "payload", "max_attempts", "created_by"],
+    "create_tasks": ["created_by", "execute_ats", "task_types", "payloads", "max_attempts"],
+    "update_task": ["execute_at", "payload", "max_attempts", "id", "changeable"],
+    "retry_task": ["execute_at", "id", "retryable"],
+    "list_attempts": ["id", "limit"],
+    "task_stats": [],
+    "find_idempotency_key": ["scope", "key", "ttl_hours"],
+    "forget_expired_idempotency_key": ["scope", "key", "ttl_hours"],
+    "claim_idempotency_key": ["scope", "key", "fingerprint", "status_code", "response", "task_ids"],
+    "delete_expired_idempotency_keys": ["ttl_hours", "batch_size"],
     "get_task": ["id"],
     "cancel_task": ["id", "cancellable"],
-    "task_status": ["id"],
+    "task_state": ["id"],
     "ping": [],
     "list_tasks": ["status", "task_type", "before_id", "limit", "offset", "max_bytes"],
     "claim_due_tasks": ["lease_seconds", "batch_size"],
@@ -219,6 +228,7 @@ def test_create_task_query_stores_the_payload_as_json_not_as_a_string(sql, paylo
         task_type="t",
         payload=json.dumps(payload),
         max_attempts=3,
+        created_by=None,
     )
     assert rows[0][3] == payload
     kinds = {dict: "object", str: "string", int: "number", list: "array", bool: "boolean"}
@@ -231,7 +241,7 @@ def test_a_task_written_due_soon_wakes_the_dispatcher_whatever_writes_it(sql, da
     listener = database_server.connect(database)
     try:
         listener.run("LISTEN at_task_due_soon")
-        args = {"task_type": "t", "payload": "{}", "max_attempts": 3}
+        args = {"task_type": "t", "payload": "{}", "max_attempts": 3, "created_by": None}
 
         def notified() -> list[str]:
             listener.run("SELECT 1")

@@ -30,6 +30,7 @@ EXPECTED_COLUMNS = {
     "lease_expires_at": ("timestamp with time zone", "YES", None, None),
     "queued_until": ("timestamp with time zone", "YES", None, None),
     "attempts_before_retry": ("integer", "NO", "0", None),
+    "created_by": ("text", "YES", None, None),
 }
 
 EXPECTED_INDEXES = {

@@ -19,18 +19,26 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.shared.json_encoder import Encoder
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import TypeAdapter
+from pydantic import BaseModel
 
 from atcore.errors import AtError, PayloadTooLarge
-from atcore.models import MAX_BODY_BYTES, MAX_STORED_PAYLOAD_BYTES, ErrorBody, ErrorDetail, Task, TaskListing
+from atcore.models import MAX_BODY_BYTES, MAX_STORED_PAYLOAD_BYTES, TASK_LIST, ErrorBody, ErrorDetail, TaskListing
 from atcore.observability import logger, metrics, tracer
 
 JSON = "application/json"
+# The request header of idempotent creates, as a Header(...) parameter's arguments.
+IDEMPOTENCY_KEY_HEADER: dict[str, Any] = {
+    "alias": "Idempotency-Key",
+    "description": "1 to 255 printable ASCII characters: the same key and request within the TTL (24 h) "
+    "answer what the first one did, with `Idempotent-Replayed: true`, and create nothing.",
+}
 
 # What each error status means, for the OpenAPI document; every error body is an ErrorBody.
 ERROR_DESCRIPTIONS: dict[int, str] = {
     HTTPStatus.BAD_REQUEST: "Invalid request; `error` says why and `details` names each offending field.",
     HTTPStatus.NOT_FOUND: "No task with this id.",
+    HTTPStatus.CONFLICT: "The task is in the wrong state for this request (the message says which).",
+    HTTPStatus.UNPROCESSABLE_ENTITY: "The Idempotency-Key was already used with a different request.",
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: (
         f"The request body exceeds {MAX_BODY_BYTES} bytes, or the payload would be stored as more than "
         f"{MAX_STORED_PAYLOAD_BYTES} bytes of JSON (numbers are stored written out: 1e300 takes 301 digits)."
@@ -59,7 +67,6 @@ MAX_TASK_BYTES = 2 * (MAX_STORED_PAYLOAD_BYTES + 8 * 1024)
 
 # One encoder for every body (json.dumps with cls= builds a new one per call: half the time of a small task).
 _ENCODER = Encoder(separators=(",", ":"), ensure_ascii=False)
-_TASKS = TypeAdapter(list[Task])
 
 
 def dumps_json(value: Any) -> str:
@@ -85,7 +92,7 @@ def page_response(listing: TaskListing) -> Response:
     fits, see MAX_TASK_BYTES), and next_cursor continues after the last one shown."""
     fragments: list[str] = []
     used = 0
-    for task in _TASKS.dump_python(listing.tasks, mode="json"):  # one call: faster than one per task
+    for task in TASK_LIST.dump_python(listing.tasks, mode="json"):  # one call: faster than one per task
         fragment = dumps_json(task)
         size = envelope_bytes(fragment) + 1  # and its comma
         if fragments and used + size > PAGE_BUDGET:
@@ -143,11 +150,14 @@ def parse_json_body(text: str) -> Any:
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
-    # ("body", "payload") -> "payload"; ("path", "task_id") -> "id"; ("query", "limit") -> "limit"
-    names = [str(part) for part in loc[1:] if not isinstance(part, int)]
+    # ("body", "payload") -> "payload"; ("body", "tasks", 3, "execute_at") -> "tasks[3].execute_at";
+    # ("path", "task_id") -> "id"; ("query", "limit") -> "limit"
     if loc[:1] == ("path",):
         return "id"
-    return ".".join(names)
+    name = ""
+    for part in loc[1:]:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name
 
 
 def _describe(error: dict[str, Any]) -> ErrorDetail:
@@ -157,12 +167,13 @@ def _describe(error: dict[str, Any]) -> ErrorDetail:
     if kind == "json_invalid":
         reason = error.get("ctx", {}).get("error", "malformed JSON")
         return ErrorDetail(field="body", message=f"request body is not valid JSON: {reason}")
+    if kind == "value_error":  # a rule's own message; an item of a batch says which item
+        message = str(error.get("ctx", {}).get("error", error.get("msg")))
+        return ErrorDetail(field=field or "body", message=f"{field}: {message}" if "[" in field else message)
     if not field:  # the body itself: missing, empty, or not an object
         return ErrorDetail(field="body", message="request body must be a JSON object")
     if kind == "missing":
         return ErrorDetail(field=field, message=f"{field} is required")
-    if kind == "value_error":
-        return ErrorDetail(field=field, message=str(error.get("ctx", {}).get("error", error.get("msg"))))
     return ErrorDetail(field=field, message=f"{field}: {error.get('msg', 'invalid value')}")
 
 
@@ -191,11 +202,25 @@ def _as_json_request(event: Mapping[str, Any]) -> dict[str, Any]:
     return {**event, "headers": headers, "multiValueHeaders": multi}
 
 
-class TaskApiResolver(APIGatewayRestResolver):
-    """Powertools' REST resolver with validation, plus the body-size limit and JSON-only bodies."""
+def created_response[Body: BaseModel](body: Body, replayed: bool) -> Response[Body]:
+    """201 with `body`; a replay of an earlier answer (Idempotency-Key) says so in a header."""
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(status_code=HTTPStatus.CREATED, content_type=JSON, body=body, headers=headers)
 
-    def __init__(self) -> None:
+
+def caller_of(event: Mapping[str, Any]) -> str | None:
+    """Who calls, when API Gateway says: the IAM principal's ARN (IAM auth) or the API key's id."""
+    identity = (event.get("requestContext") or {}).get("identity") or {}
+    return identity.get("userArn") or identity.get("apiKeyId") or None
+
+
+class TaskApiResolver(APIGatewayRestResolver):
+    """Powertools' REST resolver with validation, plus the body-size limit, JSON-only bodies and the
+    caller's identity on every log line."""
+
+    def __init__(self, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         super().__init__(enable_validation=True, serializer=dumps_json, json_body_deserializer=parse_json_body)
+        self.max_body_bytes = max_body_bytes
         self.exception_handler(RequestValidationError)(lambda exc: validation_error_response(list(exc.errors())))
         self.exception_handler(AtError)(self._domain_error)
         self.exception_handler(NotFoundError)(self._no_route)
@@ -210,11 +235,17 @@ class TaskApiResolver(APIGatewayRestResolver):
         """
         return re.compile(base_regex.format(re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", rule)))
 
+    def caller(self) -> str | None:
+        """The current request's caller (see caller_of): what a created task records as created_by."""
+        return caller_of(self.current_event.raw_event)
+
     def resolve(self, event: Mapping[str, Any], context: LambdaContext) -> dict[str, Any]:
+        if caller := caller_of(event):
+            logger.append_keys(created_by=caller)  # on every line of this invocation (cleared after it)
         if event.get("body") is not None:
-            if _body_size(event) > MAX_BODY_BYTES:
+            if _body_size(event) > self.max_body_bytes:
                 # Answered before routing, so an oversize body is never parsed.
-                too_large = PayloadTooLarge(f"request body exceeds the limit of {MAX_BODY_BYTES} bytes")
+                too_large = PayloadTooLarge(f"request body exceeds the limit of {self.max_body_bytes} bytes")
                 return {
                     "statusCode": int(too_large.status),
                     "headers": {"Content-Type": JSON},

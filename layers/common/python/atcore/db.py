@@ -8,6 +8,7 @@ no I/O. Driver errors are translated here, and only here, into atcore.errors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import select
 import socket
@@ -204,6 +205,21 @@ def connection() -> Iterator[Connection]:
         raise
     else:
         _pool.give_back(conn)
+
+
+@contextmanager
+def transaction() -> Iterator[Connection]:
+    """Lend a connection for one transaction: committed when the block ends, rolled back when it
+    raises (the connection is then replaced: after an error its state is not worth guessing)."""
+    with connection() as conn:
+        conn.run("BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.run("ROLLBACK")
+            raise
+        conn.run("COMMIT")
 
 
 class NotificationListener:

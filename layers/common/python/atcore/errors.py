@@ -25,6 +25,18 @@ class TaskNotCancellable(AtError):
     status = HTTPStatus.NOT_FOUND
 
 
+class TaskConflict(AtError):
+    """A valid request for a task in the wrong state for it (PATCH a running task, retry a pending one)."""
+
+    status = HTTPStatus.CONFLICT
+
+
+class IdempotencyKeyReused(AtError):
+    """The Idempotency-Key was already used with a different request."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
 class PayloadTooLarge(AtError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 

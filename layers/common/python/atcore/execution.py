@@ -27,6 +27,7 @@ from atcore.errors import DatabaseUnavailable
 from atcore.execution_repository import AttemptRef, ClaimedTask, Outcome
 from atcore.executors import ExecutionError
 from atcore.executors.settings import http_timeout_seconds
+from atcore.idempotency import idempotency_settings
 from atcore.observability import add_metric, logger
 
 __all__ = ["AttemptRef", "ClaimedTask", "ExecutionSettings", "Outcome"]
@@ -206,10 +207,14 @@ def delete_expired_tasks(conn: Connection, retention_days: int, batch_size: int 
 
 
 def housekeeping(conn: Connection, settings: ExecutionSettings) -> None:
-    """What a dispatcher does once a second besides claiming: expired leases and hand-offs, retention."""
+    """What a dispatcher does once a second besides claiming: expired leases and hand-offs,
+    retention, and Idempotency-Keys past their TTL."""
     recover_expired_leases(conn)
     recover_expired_handoffs(conn)
     delete_expired_tasks(conn, settings.retention_days)
+    ttl_hours = idempotency_settings().ttl_hours
+    if deleted := repository.delete_expired_idempotency_keys(conn, ttl_hours, HOUSEKEEPING_BATCH_SIZE):
+        logger.info("Expired Idempotency-Keys deleted", extra={"count": deleted, "ttl_hours": ttl_hours})
 
 
 # Worker threads live as long as the execution environment: keep-alive callback connections are

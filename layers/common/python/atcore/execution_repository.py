@@ -116,6 +116,10 @@ def delete_expired_tasks(conn: Connection, retention_days: int, batch_size: int)
     return len(conn.run(query("delete_expired_tasks"), retention_days=retention_days, batch_size=batch_size))
 
 
+def delete_expired_idempotency_keys(conn: Connection, ttl_hours: int, batch_size: int) -> int:
+    return len(conn.run(query("delete_expired_idempotency_keys"), ttl_hours=ttl_hours, batch_size=batch_size))
+
+
 def seconds_until_next_wake(conn: Connection) -> float:
     """Until the next task is due or a lease or hand-off expires, at most the wake horizon."""
     return float(conn.run(query("next_wake"))[0][0])

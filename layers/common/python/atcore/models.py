@@ -20,7 +20,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    TypeAdapter,
     WithJsonSchema,
+    model_validator,
 )
 
 from atcore.text import NO_CONTROL_CHARACTERS_PATTERN, has_control_characters
@@ -40,6 +42,12 @@ CURSOR_MAX_LENGTH = 1024
 # Deeper payloads could be stored but not answered: the response serializer (pydantic-core) gives
 # up near 255 levels, which made create, read and every list page holding the task a 500.
 MAX_PAYLOAD_DEPTH = 100
+MAX_BATCH_TASKS = 1000
+MAX_BATCH_BODY_BYTES = 5 * 1024 * 1024
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+# An attempt history is answered whole up to this many attempts (a task retried again and again
+# would otherwise grow past what one response carries); `total` counts them all.
+MAX_ATTEMPTS_LISTED = 1000
 
 
 class TaskStatus(StrEnum):
@@ -52,6 +60,8 @@ class TaskStatus(StrEnum):
 
 
 CANCELLABLE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.PROCESSING})
+CHANGEABLE_STATUSES = frozenset({TaskStatus.PENDING})  # PATCH
+RETRYABLE_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})  # POST .../retry
 STATUS_CHOICES = ", ".join(TaskStatus)
 
 # RFC 3339 date-time with a mandatory offset; fromisoformat alone would also take
@@ -383,7 +393,7 @@ def _without_default(schema: dict[str, Any]) -> None:
 
 
 class Task(BaseModel):
-    # completed_at and error_message are left out while unset (CONTRACT.md), never null.
+    # completed_at, error_message and created_by are left out while unset, never null.
     id: int
     execute_at: UtcTimestamp
     task_type: str
@@ -405,10 +415,129 @@ class Task(BaseModel):
         json_schema_extra=_without_default,
         description="Present once an attempt has failed.",
     )
+    created_by: Annotated[str | None, WithJsonSchema({"type": "string"}, mode="serialization")] = Field(
+        default=None,
+        exclude_if=_is_none,
+        json_schema_extra=_without_default,
+        description="Who created it, when the API knew: the IAM principal's ARN or the API key's id.",
+    )
 
 
 class TaskEnvelope(BaseModel):
     task: Task
+
+
+TASK_LIST = TypeAdapter(list[Task])
+
+
+class TasksEnvelope(BaseModel):
+    tasks: list[Task] = Field(description="In the order of the request.")
+
+
+class BatchCreateRequest(BaseModel):
+    """Body of POST /api/v1/tasks/batch: all of them or none."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tasks: list[CreateTaskRequest] = Field(min_length=1, max_length=MAX_BATCH_TASKS)
+
+
+def _future_execute_at(value: object) -> datetime:
+    """An execute_at that is given (null is not a time), as a create's."""
+    return require_future(parse_execute_at(value))
+
+
+class PatchTaskRequest(BaseModel):
+    """Body of PATCH /api/v1/tasks/{id}: the fields to change (at least one); unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    execute_at: Annotated[datetime | None, BeforeValidator(_future_execute_at), WithJsonSchema(_TIMESTAMP_SCHEMA)] = (
+        Field(default=None, description="A new time, RFC 3339 with an offset, strictly in the future.")
+    )
+    payload: Annotated[Any, BeforeValidator(check_payload), WithJsonSchema({"not": {"type": "null"}})] = Field(
+        default=None, description="A new payload: any JSON value except null."
+    )
+    max_attempts: Annotated[
+        int | None,
+        BeforeValidator(check_max_attempts),
+        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT}, {"type": "null"}]}),
+    ] = Field(default=None, description="At least the attempts already made + 1; null means the default, 3.")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> PatchTaskRequest:
+        if not self.model_fields_set & {"execute_at", "payload", "max_attempts"}:
+            raise ValueError("request body must set at least one of execute_at, payload, max_attempts")
+        return self
+
+
+class RetryTaskRequest(BaseModel):
+    """Optional body of POST /api/v1/tasks/{id}/retry."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    execute_at: Annotated[datetime | None, BeforeValidator(_future_execute_at), WithJsonSchema(_TIMESTAMP_SCHEMA)] = (
+        Field(default=None, description="When to run it again (in the future); absent: at once.")
+    )
+
+
+class AttemptOutcome(StrEnum):
+    # Same words as the CHECK constraint in db/migrations/0004_task_attempts.sql.
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRY_SCHEDULED = "retry_scheduled"
+    LEASE_EXPIRED = "lease_expired"
+    SUPERSEDED = "superseded"
+
+
+class TaskAttempt(BaseModel):
+    number: int = Field(description="1 for the first attempt; numbers keep counting across a retry.")
+    started_at: UtcTimestamp
+    finished_at: Annotated[UtcTimestamp | None, WithJsonSchema(_TIMESTAMP_SCHEMA, mode="serialization")] = Field(
+        default=None, exclude_if=_is_none, json_schema_extra=_without_default, description="Absent while running."
+    )
+    outcome: AttemptOutcome
+    error: Annotated[str | None, WithJsonSchema({"type": "string"}, mode="serialization")] = Field(
+        default=None, exclude_if=_is_none, json_schema_extra=_without_default, description="Why, unless succeeded."
+    )
+    duration_ms: Annotated[int | None, WithJsonSchema({"type": "integer"}, mode="serialization")] = Field(
+        default=None, exclude_if=_is_none, json_schema_extra=_without_default, description="Once finished."
+    )
+
+
+class AttemptList(BaseModel):
+    attempts: list[TaskAttempt] = Field(description=f"Oldest first; at most {MAX_ATTEMPTS_LISTED}.")
+    total: int = Field(description="Every attempt the task has made.")
+
+
+class StatusCounts(BaseModel):
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class TaskStats(BaseModel):
+    counts: StatusCounts
+    total: int
+    oldest_due_age_seconds: float = Field(
+        description="How long the most overdue task that has not started has been due (0: none is)."
+    )
+    next_execute_at: Annotated[UtcTimestamp | None, WithJsonSchema(_TIMESTAMP_SCHEMA, mode="serialization")] = Field(
+        default=None,
+        exclude_if=_is_none,
+        json_schema_extra=_without_default,
+        description="When the next pending task falls due; absent when none is waiting for a later time.",
+    )
+
+
+def check_idempotency_key(value: str) -> str:
+    """1 to 255 printable ASCII characters (the IETF draft's and Stripe's Idempotency-Key)."""
+    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX_LENGTH or not all(" " <= char <= "~" for char in value):
+        raise ValueError(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters")
+    return value
 
 
 class TaskPage(BaseModel):

@@ -3,8 +3,49 @@
 -- A task due soon wakes the dispatcher through a trigger (migration 0006), whatever writes it.
 
 -- name: create_task
-INSERT INTO scheduled_tasks (execute_at, task_type, payload, max_attempts)
-VALUES (:execute_at, :task_type, CAST(:payload AS jsonb), :max_attempts)
+INSERT INTO scheduled_tasks (execute_at, task_type, payload, max_attempts, created_by)
+VALUES (:execute_at, :task_type, CAST(:payload AS jsonb), :max_attempts, :created_by)
+RETURNING *
+
+-- name: create_tasks
+-- A batch in one statement (and one transaction): ids are given in the request's order.
+INSERT INTO scheduled_tasks (execute_at, task_type, payload, max_attempts, created_by)
+SELECT b.execute_at, b.task_type, b.payload, b.max_attempts, :created_by
+FROM unnest(CAST(:execute_ats AS timestamptz[]), CAST(:task_types AS text[]), CAST(:payloads AS jsonb[]),
+            CAST(:max_attempts AS integer[])) WITH ORDINALITY AS b(execute_at, task_type, payload, max_attempts, n)
+ORDER BY b.n
+RETURNING *
+
+-- name: update_task
+-- PATCH: only while :changeable (pending), and max_attempts never below the attempts made + 1. A
+-- new time also withdraws a hand-off to SQS (its message then starts nothing: start_attempts
+-- wants a handed-over task that is due) so the task is handed over again when it falls due. A
+-- PATCH racing a claim waits for the claim's row lock and then finds the task processing.
+UPDATE scheduled_tasks
+SET execute_at = COALESCE(:execute_at, execute_at),
+    payload = COALESCE(CAST(:payload AS jsonb), payload),
+    max_attempts = COALESCE(:max_attempts, max_attempts),
+    queued_until = CASE WHEN CAST(:execute_at AS timestamptz) IS NULL THEN queued_until END,
+    updated_at = now()
+WHERE id = :id AND status = ANY(CAST(:changeable AS text[]))
+  AND (CAST(:max_attempts AS integer) IS NULL OR :max_attempts >= attempts + 1)
+RETURNING *
+
+-- name: retry_task
+-- POST .../retry: a :retryable (failed or cancelled) task pending again from attempt 1, due at
+-- :execute_at or now; the attempts made so far move to attempts_before_retry, so the history's
+-- numbers keep counting.
+UPDATE scheduled_tasks
+SET status = 'pending',
+    attempts_before_retry = attempts_before_retry + attempts,
+    attempts = 0,
+    execute_at = COALESCE(:execute_at, now()),
+    completed_at = NULL,
+    error_message = NULL,
+    lease_expires_at = NULL,
+    queued_until = NULL,
+    updated_at = now()
+WHERE id = :id AND status = ANY(CAST(:retryable AS text[]))
 RETURNING *
 
 -- name: get_task
@@ -28,8 +69,32 @@ history AS (
 )
 SELECT * FROM cancelled
 
--- name: task_status
-SELECT status FROM scheduled_tasks WHERE id = :id
+-- name: task_state
+SELECT status, attempts FROM scheduled_tasks WHERE id = :id
+
+-- name: list_attempts
+-- The history of one task, oldest first, at most :limit attempts, with the total and whether the
+-- task exists (one row of NULLs and the two counts when it has no attempts).
+SELECT counted.total, counted.task_exists, a.number, a.started_at, a.finished_at, a.outcome, a.error,
+       CAST(round(EXTRACT(EPOCH FROM a.finished_at - a.started_at) * 1000) AS bigint) AS duration_ms
+FROM (SELECT (SELECT count(*) FROM task_attempts WHERE task_id = :id) AS total,
+             EXISTS (SELECT 1 FROM scheduled_tasks WHERE id = :id) AS task_exists) AS counted
+LEFT JOIN LATERAL (
+    SELECT * FROM task_attempts WHERE task_id = :id ORDER BY number LIMIT :limit
+) AS a ON true
+ORDER BY a.number
+
+-- name: task_stats
+-- Exact counts by status from scheduled_task_counts (its size grows with the task types, not the
+-- tasks), the oldest due task and the next one to fall due, from the small partial indexes.
+SELECT (SELECT CAST(COALESCE(json_object_agg(status, n), '{}') AS text)
+        FROM (SELECT status, sum(n) AS n FROM scheduled_task_counts GROUP BY status) AS by_status) AS counts,
+       COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
+           (SELECT min(execute_at) FROM due_tasks),
+           (SELECT min(execute_at) FROM scheduled_tasks WHERE queued_until IS NOT NULL)
+       )), 0)::double precision AS oldest_due_age_seconds,
+       (SELECT min(execute_at) FROM scheduled_tasks
+        WHERE status = 'pending' AND queued_until IS NULL AND execute_at > now()) AS next_execute_at
 
 -- name: ping
 SELECT 1
