@@ -376,15 +376,15 @@ OPTIONAL = {"DB_CONNECT_TIMEOUT", "DB_STATEMENT_TIMEOUT_MS", "DB_USER", "AT_DISP
             "AT_CLAIM_BATCH_SIZE", "AT_RETRY_BASE_SECONDS", "AT_RETRY_MAX_SECONDS", "AT_HANDOFF_SECONDS",
             "AT_WORKER_MAX_CONCURRENCY", "AT_WORKER_BATCH_SIZE", "AT_OUTBOX_DIR", "AT_AWS_DELIVERY",
             "AT_HTTP_TIMEOUT_SECONDS", "AT_HTTP_ALLOW_PRIVATE", "AT_EMAIL_FROM", "AT_SQS_DEFAULT_QUEUE_URL",
-            "AT_RETENTION_DAYS", "AT_EMAIL_ALLOWED_FROM"}  # fmt: skip
+            "AT_RETENTION_DAYS", "AT_EMAIL_ALLOWED_FROM", "AT_WEBHOOK_SECRET_ARN"}  # fmt: skip
 # Read by code a function can import but never runs (static reachability over-counts).
 READ_BY_CODE_NOT_RUN = {
     # atcore.task_queue.TaskQueueOutlet, which only the dispatcher builds; the worker imports the
     # module for parse_message.
     "WorkerFunction": {"TASK_QUEUE_URL"},
 }
-# Never set on AWS: the password comes from the secret.
-FORBIDDEN = {"DB_PASSWORD"}
+# Never set on AWS: the password and the callback signing secret come from Secrets Manager.
+FORBIDDEN = {"DB_PASSWORD", "AT_WEBHOOK_SECRET"}
 # Set by the template but read by no code yet.
 SET_AHEAD_OF_CODE: dict[str, set[str]] = {}
 
