@@ -6,8 +6,12 @@ are answered in-process by moto (fake credentials, us-east-1).
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import datetime
 import json
+import logging
+import os
 import socket
 import ssl
 import threading
@@ -19,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from atcore import env
-from atcore.executors import ExecutionError, aws, execute, http_transport, safety
+from atcore.executors import ExecutionError, aws, execute, http_transport, safety, signing
 from devtools.support.http_sink import Arrival, HttpSink, Reply
 
 SENDER = "at@example.com"
@@ -44,6 +48,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterat
         "AWS_PROFILE",
         "AWS_LAMBDA_FUNCTION_NAME",
         "AWS_LAMBDA_RUNTIME_API",
+        "AT_WEBHOOK_SECRET",
+        "AT_WEBHOOK_SECRET_ARN",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AT_OUTBOX_DIR", str(tmp_path / "outbox"))
@@ -586,12 +592,218 @@ def test_unreachable_aws_endpoint_is_retryable(monkeypatch: pytest.MonkeyPatch) 
     assert f"127.0.0.1:{port}" in (caught.value.detail or "")
 
 
+# --- signed callbacks (Standard Webhooks), checked by a verifier no one here wrote ---------------
+
+
+def new_secret(size: int = 32) -> str:
+    return "whsec_" + base64.b64encode(os.urandom(size)).decode()
+
+
+def verify(secret: str, arrival: Arrival) -> None:
+    """As a receiver does: the raw body and the headers received, through PyPI's `standardwebhooks`."""
+    from standardwebhooks.webhooks import Webhook
+
+    Webhook(secret).verify(arrival.body, arrival.headers, json_parse=False)
+
+
+def everything_logged(caplog: pytest.LogCaptureFixture) -> str:
+    """Every record of AT's own logs, extra fields included. (botocore's DEBUG log, off unless asked
+    for, writes out every response body: the database password's and this secret's alike.)"""
+    return repr([r.__dict__ for r in caplog.records if not r.name.startswith(("botocore", "boto3", "urllib3"))])
+
+
+def test_a_signed_callback_verifies_and_its_id_is_the_idempotency_key(
+    sink: HttpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = new_secret()
+    monkeypatch.setenv("AT_WEBHOOK_SECRET", secret)
+    callback(sink.url_for("/hook"), task_id=42, data={"hello": "wörld ✓ 日本語"})
+    [arrival] = sink.arrivals
+    verify(secret, arrival)
+    assert arrival.body == '{"hello":"wörld ✓ 日本語"}'.encode()  # UTF-8 as sent, and signed so
+    assert arrival.headers["webhook-id"] == arrival.headers["Idempotency-Key"] == "at-task-42"
+    assert abs(int(arrival.headers["webhook-timestamp"]) - arrival.at) < 2
+
+
+@pytest.mark.parametrize(
+    ("method", "data", "body"),
+    [("GET", {"not": "sent"}, b""), ("POST", None, b""), ("DELETE", [1, 2], b"[1,2]"), ("PATCH", "é", b'"\xc3\xa9"')],
+)
+def test_every_method_verifies_an_empty_body_included(
+    sink: HttpSink, monkeypatch: pytest.MonkeyPatch, method: str, data: object, body: bytes
+) -> None:
+    secret = new_secret()
+    monkeypatch.setenv("AT_WEBHOOK_SECRET", secret)
+    callback(sink.url_for("/hook"), method=method, data=data)
+    [arrival] = sink.arrivals
+    assert (arrival.method, arrival.body) == (method, body)
+    verify(secret, arrival)
+
+
+def test_two_secrets_each_verify_alone(sink: HttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = new_secret(24), new_secret(64)
+    monkeypatch.setenv("AT_WEBHOOK_SECRET", f"{old} {new}")
+    callback(sink.url_for("/hook"), data={"n": 1})
+    [arrival] = sink.arrivals
+    assert len(arrival.headers["webhook-signature"].split(" ")) == 2
+    verify(old, arrival)
+    verify(new, arrival)
+
+
+def test_every_attempt_has_the_same_id_and_its_own_timestamp(sink: HttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = new_secret()
+    monkeypatch.setenv("AT_WEBHOOK_SECRET", secret)
+    real_time = time.time
+    windows = []
+    for attempt, later in ((1, 0.0), (2, 7.0), (3, 130.0)):  # retries come seconds to minutes apart
+        monkeypatch.setattr(time, "time", lambda later=later: real_time() + later)
+        before = int(time.time())
+        callback(sink.url_for("/hook"), task_id=9, attempt=attempt, data={"n": 1})
+        windows.append((before, int(time.time())))
+    monkeypatch.setattr(time, "time", real_time)
+    assert [a.attempt for a in sink.arrivals] == [1, 2, 3]
+    assert {a.headers["webhook-id"] for a in sink.arrivals} == {"at-task-9"}
+    stamps = [int(a.headers["webhook-timestamp"]) for a in sink.arrivals]
+    assert all(low <= stamp <= high for stamp, (low, high) in zip(stamps, windows, strict=True))
+    assert stamps == sorted(set(stamps))  # each attempt's own
+    for arrival in sink.arrivals:
+        verify(secret, arrival)  # within the verifier's 5 minutes of now
+
+
+def test_a_tampered_body_fails_verification(sink: HttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    secret = new_secret()
+    monkeypatch.setenv("AT_WEBHOOK_SECRET", secret)
+    callback(sink.url_for("/hook"), data={"amount": 100})
+    [arrival] = sink.arrivals
+    verify(secret, arrival)
+    with pytest.raises(WebhookVerificationError):
+        verify(secret, dataclasses.replace(arrival, body=b'{"amount":900}'))
+    with pytest.raises(WebhookVerificationError):
+        verify(new_secret(), arrival)
+
+
+def test_without_a_secret_no_webhook_header_is_sent(sink: HttpSink) -> None:
+    callback(sink.url_for("/hook"), data={"n": 1})
+    [arrival] = sink.arrivals
+    assert [name for name in arrival.headers if name.lower().startswith("webhook-")] == []
+
+
+def test_a_payload_cannot_set_a_webhook_header(sink: HttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AT_WEBHOOK_SECRET", new_secret())
+    error = callback_failure(sink.url_for("/hook"), headers={"Webhook-Signature": "v1,forged"})
+    assert not error.retryable
+    assert error.message == "payload.headers: header 'Webhook-Signature' is set by the scheduler"
+    assert sink.arrivals == []
+
+
+@pytest.mark.parametrize(
+    "secret", ["whsec_" + base64.b64encode(b"too short").decode(), "sk_" + "Q" * 40, "whsec_#Zm9vYmFyYmF6cXV4"]
+)
+def test_a_malformed_secret_sends_nothing_and_says_so(
+    sink: HttpSink, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, secret: str
+) -> None:
+    monkeypatch.setenv("AT_WEBHOOK_SECRET", secret)
+    for attempt in (1, 2):
+        error = callback_failure(sink.url_for("/hook"), data={"n": 1}, attempt=attempt)
+        assert error.retryable
+        assert error.message == signing.MISCONFIGURED
+    assert sink.arrivals == []  # never unsigned
+    failures = [r for r in caplog.records if r.getMessage() == "task execution failed"]
+    assert [r.error_detail.split(" ")[0] for r in failures] == ["AT_WEBHOOK_SECRET", "AT_WEBHOOK_SECRET"]  # type: ignore[attr-defined]
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+    assert secret.removeprefix("whsec_") not in everything_logged(caplog)
+
+
+def hook_secret(text: str) -> str:
+    return boto_client("secretsmanager").create_secret(Name="at/webhooks", SecretString=text)["ARN"]
+
+
+def count_secret_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    reads: list[str] = []
+    read = signing._secret_string
+
+    def counted(arn: str, deadline: float | None) -> str:
+        reads.append(arn)
+        return read(arn, deadline)
+
+    monkeypatch.setattr(signing, "_secret_string", counted)
+    return reads
+
+
+def test_on_aws_the_secret_is_read_from_secrets_manager_once(
+    moto_aws: None, sink: HttpSink, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    old, new = new_secret(), new_secret()
+    monkeypatch.setenv("AT_WEBHOOK_SECRET_ARN", hook_secret(f"{old} {new}\n"))
+    reads = count_secret_reads(monkeypatch)
+    with caplog.at_level(logging.DEBUG):
+        threads = [threading.Thread(target=callback, args=(sink.url_for("/hook"), n)) for n in range(1, 9)]
+        for thread in threads:  # callbacks starting together: one read
+            thread.start()
+        for thread in threads:
+            thread.join()
+        callback(sink.url_for("/hook"), 9, data={"n": 9})
+    assert len(reads) == 1
+    assert len(sink.arrivals) == 9
+    for arrival in sink.arrivals:
+        verify(old, arrival)
+        verify(new, arrival)
+    for secret in (old, new):
+        assert secret.removeprefix("whsec_") not in everything_logged(caplog)
+
+
+def test_a_rotated_secret_is_read_after_env_reset_or_a_snapstart_snapshot(
+    moto_aws: None, sink: HttpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import snapshot_restore_py
+
+    first, second = new_secret(), new_secret()
+    arn = hook_secret(first)
+    monkeypatch.setenv("AT_WEBHOOK_SECRET_ARN", arn)
+    callback(sink.url_for("/hook"), 1)
+    boto_client("secretsmanager").put_secret_value(SecretId=arn, SecretString=second)
+    callback(sink.url_for("/hook"), 2)  # still the first: read once per execution environment
+    env.reset()
+    callback(sink.url_for("/hook"), 3)
+    boto_client("secretsmanager").put_secret_value(SecretId=arn, SecretString=first)
+    for hook, args, kwargs in snapshot_restore_py.get_before_snapshot():  # as Lambda's runtime does
+        hook(*args, **kwargs)
+    callback(sink.url_for("/hook"), 4)
+    by_task = {arrival.task_id: arrival for arrival in sink.arrivals}
+    for task_id, secret in {1: first, 2: first, 3: second, 4: first}.items():
+        verify(secret, by_task[task_id])
+
+
+def test_an_unreadable_secret_sends_nothing(moto_aws: None, sink: HttpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AT_WEBHOOK_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:at/none-AbCdEf")
+    error = callback_failure(sink.url_for("/hook"))
+    assert error.retryable
+    assert error.message == (
+        "callback not sent: its signing secret could not be read "
+        "(Secrets Manager GetSecretValue failed: ResourceNotFoundException)"
+    )
+    assert sink.arrivals == []
+
+
+def test_a_malformed_secret_in_secrets_manager_names_both_variables(
+    moto_aws: None, sink: HttpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AT_WEBHOOK_SECRET_ARN", hook_secret('{"AT_WEBHOOK_SECRET": "whsec_x"}'))
+    error = callback_failure(sink.url_for("/hook"))
+    assert (error.retryable, error.message) == (True, signing.MISCONFIGURED)
+    assert error.detail == (
+        "AT_WEBHOOK_SECRET (the SecretString of AT_WEBHOOK_SECRET_ARN) is JSON: "
+        "expected plain text, whsec_ followed by the base64 of 24 to 64 random bytes"
+    )
+    assert sink.arrivals == []
+
+
 # --- the local outbox ------------------------------------------------------------------------------
 
 
 def outbox_lines(channel: str) -> list[dict]:
-    import os
-
     path = Path(os.environ["AT_OUTBOX_DIR"]) / f"{channel}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -370,21 +370,21 @@ REQUIRED["DispatcherFunction"] |= {"TASK_QUEUE_URL": False, "AT_WORKER_MAX_CONCU
                                    "AT_WORKER_BATCH_SIZE": False, "AT_RETENTION_DAYS": False}  # fmt: skip
 REQUIRED["WorkerFunction"] |= {"AT_AWS_DELIVERY": False, "AT_HTTP_TIMEOUT_SECONDS": False, "AT_EMAIL_FROM": True,
                                "AT_SQS_DEFAULT_QUEUE_URL": True, "AT_HTTP_ALLOW_PRIVATE": False,
-                               "AT_EMAIL_ALLOWED_FROM": True}  # fmt: skip
+                               "AT_EMAIL_ALLOWED_FROM": True, "AT_WEBHOOK_SECRET_ARN": True}  # fmt: skip
 # Read with a default in the code: the template may leave them unset.
 OPTIONAL = {"DB_CONNECT_TIMEOUT", "DB_STATEMENT_TIMEOUT_MS", "DB_USER", "AT_DISPATCH_RUN_SECONDS", "AT_LEASE_SECONDS",
             "AT_CLAIM_BATCH_SIZE", "AT_RETRY_BASE_SECONDS", "AT_RETRY_MAX_SECONDS", "AT_HANDOFF_SECONDS",
             "AT_WORKER_MAX_CONCURRENCY", "AT_WORKER_BATCH_SIZE", "AT_OUTBOX_DIR", "AT_AWS_DELIVERY",
             "AT_HTTP_TIMEOUT_SECONDS", "AT_HTTP_ALLOW_PRIVATE", "AT_EMAIL_FROM", "AT_SQS_DEFAULT_QUEUE_URL",
-            "AT_RETENTION_DAYS", "AT_EMAIL_ALLOWED_FROM", "AT_IDEMPOTENCY_TTL_HOURS"}  # fmt: skip
+            "AT_RETENTION_DAYS", "AT_EMAIL_ALLOWED_FROM", "AT_IDEMPOTENCY_TTL_HOURS", "AT_WEBHOOK_SECRET_ARN"}  # fmt: skip
 # Read by code a function can import but never runs (static reachability over-counts).
 READ_BY_CODE_NOT_RUN = {
     # atcore.task_queue.TaskQueueOutlet, which only the dispatcher builds; the worker imports the
     # module for parse_message.
     "WorkerFunction": {"TASK_QUEUE_URL"},
 }
-# Never set on AWS: the password comes from the secret.
-FORBIDDEN = {"DB_PASSWORD"}
+# Never set on AWS: the password and the callback signing secret come from Secrets Manager.
+FORBIDDEN = {"DB_PASSWORD", "AT_WEBHOOK_SECRET"}
 # Set by the template but read by no code yet.
 SET_AHEAD_OF_CODE: dict[str, set[str]] = {}
 
@@ -635,6 +635,40 @@ def test_the_worker_gets_ses_and_queues_only_when_named() -> None:
     default = Resolved(translated(), COMBINATIONS[0])
     statements = [s for p in _role_of(default, "WorkerFunction")["Policies"] for s in p["PolicyDocument"]["Statement"]]
     assert not {"ses:SendEmail", "sqs:SendMessage"} & {s["Action"] for s in statements if isinstance(s["Action"], str)}
+
+
+WEBHOOK_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:at-webhooks-AbCdEf"
+
+
+def _unsubstituted(resource: Any) -> Any:
+    """A policy template's {"Fn::Sub": ["${secretArn}", {"secretArn": X}]} as X."""
+    if isinstance(resource, dict) and isinstance(sub := resource.get("Fn::Sub"), list) and sub[0] == "${secretArn}":
+        return sub[1]["secretArn"]
+    return resource
+
+
+@pytest.mark.parametrize("database", ["create", "existing"])
+def test_the_worker_reads_the_webhook_secret_only_when_named(database: str) -> None:
+    combo = next(c for c in COMBINATIONS if c["Database"] == database)
+    for webhook_secret in ("", WEBHOOK_SECRET_ARN):
+        stack = Resolved(translated(), combo | {"WebhookSecretArn": webhook_secret})
+        for function, properties in stack.functions().items():
+            env = properties["Environment"]["Variables"]
+            assert "AT_WEBHOOK_SECRET" not in env, function  # the value never; the worker reads it itself
+            assert ("AT_WEBHOOK_SECRET_ARN" in env) == (function == "WorkerFunction"), function
+        assert (
+            stack.functions()["WorkerFunction"]["Environment"]["Variables"]["AT_WEBHOOK_SECRET_ARN"] == webhook_secret
+        )
+        for function in FUNCTIONS:
+            statements = [
+                s for p in _role_of(stack, function).get("Policies", []) for s in p["PolicyDocument"]["Statement"]
+            ]
+            readable = [s["Resource"] for s in statements if "secretsmanager:GetSecretValue" in json.dumps(s["Action"])]
+            database_secret = {"Fn::GetAtt": ["DatabaseInstance", "MasterUserSecret.SecretArn"]}
+            expected = [database_secret if database == "create" else EXISTING["DbSecretArn"]]
+            if function == "WorkerFunction" and webhook_secret:
+                expected.append(webhook_secret)  # that secret only, by its ARN
+            assert [_unsubstituted(r) for r in readable] == expected, (function, readable)
 
 
 def test_only_the_dispatcher_can_pin_a_proxy_connection() -> None:

@@ -39,6 +39,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "AWS_ENDPOINT_URL_SQS",
         "AWS_LAMBDA_FUNCTION_NAME",
         "AWS_LAMBDA_RUNTIME_API",
+        "AT_WEBHOOK_SECRET",
+        "AT_WEBHOOK_SECRET_ARN",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -173,6 +175,15 @@ def test_aws_timeouts_when_almost_nothing_is_left_are_the_smallest() -> None:
             "http_callback",
             {"url": "http://example.com/", "headers": {"Idempotency-Key": "x"}},
             "payload.headers: header 'Idempotency-Key' is set by the scheduler",
+        ),
+        *(
+            (
+                "http_callback",
+                {"url": "http://example.com/", "headers": {name: "v1,forged"}},
+                f"payload.headers: header '{name}' is set by the scheduler",
+            )
+            # The Standard Webhooks headers (signing.py), and the rest of their namespace, in any case.
+            for name in ("webhook-id", "Webhook-Timestamp", "WEBHOOK-SIGNATURE", "webhook-anything")
         ),
         (
             "http_callback",

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 from pydantic import BaseModel, Field, field_validator
 
 from ..text import has_control_characters
-from . import http_transport, safety
+from . import http_transport, safety, signing
 from .deadlines import seconds_text
 from .errors import ExecutionError, truncate
 from .payloads import PAYLOAD_CONFIG, parse_payload
@@ -32,7 +32,10 @@ MAX_HEADER_VALUE_LENGTH = 8192
 ERROR_BODY_CHARS = 200
 
 # Headers the scheduler owns: framing/hop-by-hop ones would break the request or the kept-alive
-# connection, and the idempotency/task headers must be trustworthy for the receiver.
+# connection, and the idempotency/task headers must be trustworthy for the receiver. So must every
+# webhook-* header (the Standard Webhooks namespace: signing.py's webhook-id, -timestamp and
+# -signature), signed or not: a receiver may read them as the scheduler's.
+RESERVED_HEADER_PREFIXES = ("webhook-",)
 RESERVED_HEADERS = frozenset(
     {
         "host",
@@ -143,7 +146,7 @@ def parse_callback_url(url: str) -> CallbackUrl:
 def check_header(name: str, value: str) -> None:
     if not _HEADER_NAME.fullmatch(name):
         raise ValueError(f"{name[:50]!r} is not a valid header name")
-    if name.lower() in RESERVED_HEADERS:
+    if name.lower() in RESERVED_HEADERS or name.lower().startswith(RESERVED_HEADER_PREFIXES):
         raise ValueError(f"header {name!r} is set by the scheduler")
     if not value.isascii() or has_control_characters(value.replace("\t", " ")) or len(value) > MAX_HEADER_VALUE_LENGTH:
         raise ValueError(f"header {name!r} has an invalid value (ASCII only, no control characters, at most 8 KiB)")
@@ -156,6 +159,8 @@ def run(task_id: int, payload: object, attempt: int, *, deadline: float) -> dict
     url = parse_callback_url(callback.url)
     body = callback.body()
     headers = request_headers(task_id, attempt, callback.headers, has_body=body is not None)
+    # Signed before anything is sent, so an unusable secret fails the attempt with nothing sent.
+    headers.update(signing.signature_headers(idempotency_key(task_id), body, deadline))
     try:
         addresses = safety.vetted_addresses(url.host, url.port, deadline)
         destination = http_transport.Destination(url.scheme, url.host, url.port, tuple(addresses))
@@ -174,10 +179,16 @@ def request_headers(task_id: int, attempt: int, custom: dict[str, str], *, has_b
     headers = {name: value for name, value in defaults.items() if name.lower() not in overridden}
     headers.update(custom)
     # The same key on every attempt, so the receiver can drop at-least-once duplicates.
-    headers["Idempotency-Key"] = f"at-task-{task_id}"
+    headers["Idempotency-Key"] = idempotency_key(task_id)
     headers["X-AT-Task-Id"] = str(task_id)
     headers["X-AT-Attempt"] = str(attempt)
     return headers
+
+
+def idempotency_key(task_id: int) -> str:
+    """The task's key on every attempt: the Idempotency-Key header, and the signed webhook-id (which
+    is one key for one task too, so a receiver deduplicating by either header sees the same)."""
+    return f"at-task-{task_id}"
 
 
 def check_status(status: int, body_head: bytes) -> None:

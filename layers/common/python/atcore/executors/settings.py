@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from atcore.env import settings_reader
 
@@ -53,6 +53,23 @@ class ExecutorSettings(BaseModel):
 
 
 executor_settings = settings_reader(ExecutorSettings)
+
+
+class SigningSettings(BaseModel):
+    """Where http_callback's Standard Webhooks signing secret comes from.
+
+    Read as text and checked by signing.py, whose messages never quote a value (a pydantic
+    validator's error would); SecretStr keeps the secret out of repr()."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    # Locally: "whsec_<base64>", several separated by spaces (all of them sign, for rotation).
+    secret: SecretStr | None = Field(default=None, alias="AT_WEBHOOK_SECRET")
+    # On AWS: a Secrets Manager secret whose SecretString holds that text (template: WebhookSecretArn).
+    secret_arn: str | None = Field(default=None, alias="AT_WEBHOOK_SECRET_ARN")
+
+
+signing_settings = settings_reader(SigningSettings)
 
 
 def http_timeout_seconds() -> float:
