@@ -1,4 +1,4 @@
-"""Field rules of CONTRACT.md, checked on the models alone (no database, no sockets)."""
+"""Field rules of the API (docs/API.md), checked on the models alone (no database, no sockets)."""
 
 from datetime import UTC, datetime, timedelta, timezone
 

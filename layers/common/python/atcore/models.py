@@ -1,5 +1,5 @@
 """The request and response shapes of the API: the one definition (the OpenAPI document is
-generated from these). Every rule of CONTRACT.md about a field lives here, with the message a
+generated from these). Every rule of the API (docs/API.md) about a field lives here, with the message a
 client sees when it breaks it."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ _DIGITS = re.compile(r"[0-9]+")
 
 
 def format_timestamp(value: datetime) -> str:
-    """UTC, `Z` suffix, sub-second digits only when non-zero (CONTRACT.md)."""
+    """UTC, `Z` suffix, sub-second digits only when non-zero (docs/API.md)."""
     utc = value.astimezone(UTC)
     text = utc.replace(tzinfo=None, microsecond=0).isoformat()
     if utc.microsecond:
