@@ -1,4 +1,4 @@
-"""The API's OpenAPI document, generated from the code: the five API functions' resolvers.
+"""The API's OpenAPI document, generated from the code: the API functions' resolvers (template.yaml names them).
 
     python -m devtools.openapi           # write docs/openapi.json
     python -m devtools.openapi --check   # exit 1 when docs/openapi.json differs from the code
