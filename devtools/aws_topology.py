@@ -42,6 +42,7 @@ from devtools.support.http import free_port
 
 TEMPLATE = ROOT / "template.yaml"
 REGION = "us-east-1"
+LONG_POLL_SECONDS = 20
 # Values for the template's parameters that have no default (they name real AWS resources).
 _REQUIRED_PARAMETERS = {
     "DbHost": "127.0.0.1",
@@ -175,17 +176,23 @@ class EventSourceMapping:
         return self
 
     def stop(self) -> None:
+        """Stops invoking; a poller still in a long poll leaves when it returns (its thread is a daemon)."""
         self._stopping.set()
         for thread in self._threads:
-            thread.join(30)
+            thread.join(0.1)
         for environment in self.environments:
             environment.close()
 
     def _poll(self, slot: int) -> None:
         environment: LambdaEnvironment | None = None
         while not self._stopping.is_set():
-            messages = self._receive_batch()
-            if not messages:
+            try:
+                messages = self._receive_batch()
+            except Exception:  # moto went away as the harness stopped
+                if self._stopping.is_set():
+                    return
+                raise
+            if not messages or self._stopping.is_set():
                 continue
             if environment is None:  # a cold start: this slot's first invocation
                 environment = self._new_environment(slot)
@@ -219,7 +226,8 @@ class EventSourceMapping:
         window_ends = time.monotonic() + self._settings.batching_window_seconds
         messages: list[dict] = []
         while len(messages) < wanted and not self._stopping.is_set():
-            wait = 1 if not messages else max(0, min(20, math.ceil(window_ends - time.monotonic())))
+            # Lambda's pollers long-poll (20 s), which is also what SQS bills for an idle queue.
+            wait = LONG_POLL_SECONDS if not messages else max(0, min(20, math.ceil(window_ends - time.monotonic())))
             batch = self._sqs.receive_message(
                 QueueUrl=self._url,
                 MaxNumberOfMessages=min(10, wanted - len(messages)),

@@ -40,6 +40,9 @@ class Config:
     max_concurrency: int | None = None
 
 
+RECOMMENDED = Config("recommended", batch_size=10, max_concurrency=20)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -210,21 +213,24 @@ def _cost_row(result: Result) -> list[object]:
 
 
 def run(quick: bool = False) -> str:
-    configs = [Config("template defaults"), Config("recommended", batch_size=10, max_concurrency=20)]
+    configs = [Config("template defaults"), RECOMMENDED]
     scenarios = [
         Scenario("stress test: 4,000 due within a minute", 4000, 60.0),
         Scenario("burst: 20,000 due at once", 20000, 0.0),
     ]
+    # The sustained rate where lateness starts to grow: 30 s of tasks due at each rate.
+    rates = [Scenario(f"sustained: {rate}/s for 30 s", rate * 30, 30.0) for rate in (50, 100, 200, 400)]
     if quick:
         configs = configs[:1]
         scenarios = [Scenario("quick: 400 due within 10 s", 400, 10.0), Scenario("quick: 1,000 at once", 1000, 0.0)]
+        rates = []
+    plan = [(config, scenario) for config in configs for scenario in scenarios] + [(RECOMMENDED, s) for s in rates]
     results = []
-    for config in configs:
-        for scenario in scenarios:
-            print(f"-- {config.name}: {scenario.name}", flush=True)
-            result = run_one(config, scenario, timeout=max(120.0, scenario.window + scenario.tasks / 20))
-            results.append(result)
-            print("   " + " | ".join(str(cell) for cell in _row(result)), flush=True)
+    for config, scenario in plan:
+        print(f"-- {config.name}: {scenario.name}", flush=True)
+        result = run_one(config, scenario, timeout=max(120.0, scenario.window + scenario.tasks / 20))
+        results.append(result)
+        print("   " + " | ".join(str(cell) for cell in _row(result)), flush=True)
     facts = common.machine_facts(None)
     lateness = common.table(
         [
