@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.lambda_env import ROOT, FunctionSpec, Invocation, LambdaEnvironment
-from devtools.make_events import sqs_record
+from devtools.make_events import records_from_received
 from devtools.support.http import free_port
 
 TEMPLATE = ROOT / "template.yaml"
@@ -197,20 +197,7 @@ class EventSourceMapping:
             if environment is None:  # a cold start: this slot's first invocation
                 environment = self._new_environment(slot)
                 self.environments.append(environment)
-            event = {
-                "Records": [
-                    sqs_record(
-                        m["MessageId"],
-                        m["ReceiptHandle"],
-                        m["Body"],
-                        m["Attributes"],
-                        m.get("MessageAttributes"),
-                        m["MD5OfBody"],
-                        self._arn,
-                    )
-                    for m in messages
-                ]
-            }
+            event = records_from_received(messages, self._arn)
             invocation = environment.invoke(event)
             failed = self._failed_ids(invocation, messages)
             done = [m for m in messages if m["MessageId"] not in failed]

@@ -221,6 +221,24 @@ def sqs_record(
     }
 
 
+def records_from_received(messages: list[dict], event_source_arn: str) -> dict:
+    """The event Lambda's SQS event source mapping builds from messages ReceiveMessage returned."""
+    return {
+        "Records": [
+            sqs_record(
+                m["MessageId"],
+                m["ReceiptHandle"],
+                m["Body"],
+                m["Attributes"],
+                m.get("MessageAttributes"),
+                m["MD5OfBody"],
+                event_source_arn,
+            )
+            for m in messages
+        ]
+    }
+
+
 def task_message_record(task_id: int, attempt: int) -> dict:
     """A TaskQueue message as the dispatcher sends it ({"id", "attempt"}), received for the first time."""
     message_id = str(uuid.uuid5(_EVENT_NAMESPACE, f"task-{task_id}-{attempt}"))

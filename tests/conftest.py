@@ -67,10 +67,16 @@ class Database:
 
 
 @pytest.fixture(autouse=True)
-def fresh_settings() -> Iterator[None]:
-    """Every test reads the settings its environment says (they are cached per process otherwise)."""
+def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test starts from AT's defaults: no variable a settings model reads is set (the
+    database's DB_* aside), and nothing read before is cached (settings are, per process)."""
+    import atcore.execution
+    import atcore.executors.settings
+    import atcore.idempotency  # noqa: F401 - each registers its settings' variables
     from atcore import env
 
+    for name in (*env.variables(), "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
     env.reset()
     yield
     env.reset()

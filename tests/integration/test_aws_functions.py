@@ -25,7 +25,8 @@ from atcore.executors import aws, http_transport
 from atcore.models import CreateTaskRequest
 from atcore.task_queue import TaskQueueOutlet
 from devtools.lambda_env import LambdaContext
-from devtools.make_events import sqs_record
+from devtools.make_events import records_from_received
+from devtools.support.aws import use_fake_credentials
 from devtools.support.functions import lambda_context, load_event, load_function
 from devtools.support.http import free_port
 from devtools.support.http_sink import HttpSink
@@ -56,24 +57,7 @@ def nearly_timed_out_context() -> LambdaContext:
 
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[None]:
-    for name in (
-        "AT_AWS_DELIVERY",
-        "AT_EMAIL_FROM",
-        "AT_SQS_DEFAULT_QUEUE_URL",
-        "AT_LEASE_SECONDS",
-        "AT_CLAIM_BATCH_SIZE",
-        "AT_HANDOFF_SECONDS",
-        "AT_WORKER_MAX_CONCURRENCY",
-        "AT_WORKER_BATCH_SIZE",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_SES",
-        "AWS_ENDPOINT_URL_SESV2",
-        "AWS_ENDPOINT_URL_SNS",
-        "AWS_ENDPOINT_URL_SQS",
-        "AWS_PROFILE",
-        "TASK_QUEUE_URL",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    # Every AT_*/AWS_* variable the settings read is unset by tests/conftest.py's fresh_settings.
     monkeypatch.setenv("AT_HTTP_ALLOW_PRIVATE", "1")
     monkeypatch.setenv("AT_RETRY_BASE_SECONDS", "0.2")
     monkeypatch.setenv("AT_RETRY_MAX_SECONDS", "1")
@@ -124,15 +108,7 @@ def queue(monkeypatch: pytest.MonkeyPatch, dispatcher: ModuleType) -> Iterator[Q
     import boto3
     from moto import mock_aws
 
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    aws.reset_clients()
+    use_fake_credentials(monkeypatch)
     with mock_aws():
         sqs = boto3.client("sqs", region_name="us-east-1")
         url = sqs.create_queue(QueueName="at-TaskQueue", Attributes={"VisibilityTimeout": "360"})["QueueUrl"]
@@ -205,20 +181,7 @@ def dispatch_due() -> None:
 
 def worker_event(queue: Queue, messages: list[dict]) -> dict:
     """The event Lambda's SQS event source mapping would build from these received messages."""
-    return {
-        "Records": [
-            sqs_record(
-                m["MessageId"],
-                m["ReceiptHandle"],
-                m["Body"],
-                m["Attributes"],
-                m.get("MessageAttributes"),
-                m["MD5OfBody"],
-                queue.arn,
-            )
-            for m in messages
-        ]
-    }
+    return records_from_received(messages, queue.arn)
 
 
 def message_id_of(messages: list[dict], body: str) -> str:

@@ -16,6 +16,7 @@ from devtools.aws_topology import AwsTopology
 from devtools.lambda_env import LambdaEnvironment
 from devtools.make_events import sqs_record
 from devtools.support.http_sink import HttpSink
+from devtools.support.waiting import wait_for
 
 
 def database_env() -> dict[str, str]:
@@ -40,15 +41,6 @@ def statuses(sql) -> dict[tuple[str, int], int]:
         (status, attempts): n
         for status, attempts, n in sql.run("SELECT status, attempts, count(*) FROM scheduled_tasks GROUP BY 1, 2")
     }
-
-
-def wait_for(condition, timeout: float, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def slow_ok(_arrival: object) -> int:

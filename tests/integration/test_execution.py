@@ -15,6 +15,7 @@ from atcore.models import CreateTaskRequest
 from devtools.engine import LocalEngine
 from devtools.support.functions import invoke, load_event
 from devtools.support.http_sink import HttpSink
+from devtools.support.waiting import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -55,15 +56,6 @@ def insert_due_tasks(sql, count: int, task_type: str, payload: dict) -> None:
         payload=json.dumps(payload),
         count=count,
     )
-
-
-def wait_for(condition, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def task_row(sql, task_id: int) -> dict:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from atcore.executors import ExecutionError, aws, execute, http_transport, safety
+from devtools.support.aws import use_fake_credentials
 from devtools.support.hostile_http import (
     BlackHole,
     HostileServer,
@@ -208,14 +209,7 @@ def test_an_aws_endpoint_that_never_answers_ends_within_the_deadline(monkeypatch
     chosen to fit in what is left of the attempt."""
     monkeypatch.setenv("AT_HTTP_TIMEOUT_SECONDS", "2")
     with HostileServer(silent) as endpoint:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL_SNS": endpoint.url(""),
-        }.items():
-            monkeypatch.setenv(name, value)
-        aws.reset_clients()
+        use_fake_credentials(monkeypatch, AWS_ENDPOINT_URL_SNS=endpoint.url(""))
         started = time.monotonic()
         with pytest.raises(ExecutionError) as caught:
             execute(1, "send_sms", {"phone_number": "+15551234567", "message": "hi"}, 1)

@@ -24,6 +24,7 @@ import pytest
 
 from atcore import env
 from atcore.executors import ExecutionError, aws, execute, http_transport, safety, signing
+from devtools.support.aws import use_fake_credentials
 from devtools.support.http_sink import Arrival, HttpSink, Reply
 
 SENDER = "at@example.com"
@@ -34,24 +35,7 @@ SENDER = "at@example.com"
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    for name in (
-        "AT_HTTP_ALLOW_PRIVATE",
-        "AT_AWS_DELIVERY",
-        "AT_EMAIL_FROM",
-        "AT_SQS_DEFAULT_QUEUE_URL",
-        "AT_HTTP_TIMEOUT_SECONDS",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_SES",
-        "AWS_ENDPOINT_URL_SESV2",
-        "AWS_ENDPOINT_URL_SNS",
-        "AWS_ENDPOINT_URL_SQS",
-        "AWS_PROFILE",
-        "AWS_LAMBDA_FUNCTION_NAME",
-        "AWS_LAMBDA_RUNTIME_API",
-        "AT_WEBHOOK_SECRET",
-        "AT_WEBHOOK_SECRET_ARN",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    # Every AT_*/AWS_* variable the settings read is unset by tests/conftest.py's fresh_settings.
     monkeypatch.setenv("AT_OUTBOX_DIR", str(tmp_path / "outbox"))
     yield
     http_transport.close_idle_connections()
@@ -461,16 +445,7 @@ def test_https_certificate_for_another_host_fails_without_retry(tls_sink: HttpSi
 def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from moto import mock_aws
 
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-        "AT_AWS_DELIVERY": "1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    aws.reset_clients()
+    use_fake_credentials(monkeypatch, AT_AWS_DELIVERY="1")
     with mock_aws():
         yield
     aws.reset_clients()  # clients made inside the mock must not outlive it
@@ -577,14 +552,7 @@ def test_unreachable_aws_endpoint_is_retryable(monkeypatch: pytest.MonkeyPatch) 
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL_SNS": f"http://127.0.0.1:{port}",
-    }.items():
-        monkeypatch.setenv(name, value)
-    aws.reset_clients()
+    use_fake_credentials(monkeypatch, AWS_ENDPOINT_URL_SNS=f"http://127.0.0.1:{port}")
     with pytest.raises(ExecutionError) as caught:
         execute(1, "send_sms", {"phone_number": "+15551234567", "message": "hi"}, 1)
     assert caught.value.retryable

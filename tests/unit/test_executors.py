@@ -24,27 +24,6 @@ from atcore.executors.payloads import parse_payload
 LAYER = Path(__file__).resolve().parents[2] / "layers" / "common" / "python"
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "AT_HTTP_ALLOW_PRIVATE",
-        "AT_AWS_DELIVERY",
-        "AT_EMAIL_FROM",
-        "AT_SQS_DEFAULT_QUEUE_URL",
-        "AT_HTTP_TIMEOUT_SECONDS",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_SES",
-        "AWS_ENDPOINT_URL_SESV2",
-        "AWS_ENDPOINT_URL_SNS",
-        "AWS_ENDPOINT_URL_SQS",
-        "AWS_LAMBDA_FUNCTION_NAME",
-        "AWS_LAMBDA_RUNTIME_API",
-        "AT_WEBHOOK_SECRET",
-        "AT_WEBHOOK_SECRET_ARN",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
-
 def stub_resolver(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> None:
     """Replaces getaddrinfo: tests never look up a real name."""
 

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 _readers: list[functools._lru_cache_wrapper[Any]] = []
+_models: list[type[BaseModel]] = []
 
 
 class ConfigurationError(Exception):
@@ -56,7 +57,13 @@ def cached[Result](read: Callable[[], Result]) -> functools._lru_cache_wrapper[R
 
 def settings_reader[Model: BaseModel](model: type[Model]) -> functools._lru_cache_wrapper[Model]:
     """A cached `from_environment(model)`: read once per execution environment, lazily."""
+    _models.append(model)
     return cached(lambda: from_environment(model))
+
+
+def variables() -> frozenset[str]:
+    """Every variable the settings read through settings_reader name (tests clear them)."""
+    return frozenset(field.alias for model in _models for field in model.model_fields.values() if field.alias)
 
 
 def reset() -> None:
