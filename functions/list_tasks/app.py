@@ -1,4 +1,4 @@
-"""GET /api/v1/tasks: list tasks, newest first, with filters, offset or cursor paging."""
+"""GET /api/v1/tasks: list tasks, newest first, with filters (status, type, due time), offset or cursor paging."""
 
 from typing import Annotated
 
@@ -8,6 +8,8 @@ from atcore import service
 from atcore.api import JSON, PAGE_BUDGET, TaskApiResolver, api_entrypoint, error_responses, page_response
 from atcore.models import (
     DEFAULT_PAGE_SIZE,
+    ExecuteAfterFilter,
+    ExecuteBeforeFilter,
     ListFilters,
     PageCursor,
     PageLimit,
@@ -46,8 +48,12 @@ def list_tasks(
     limit: Annotated[PageLimit, Query()] = DEFAULT_PAGE_SIZE,
     offset: Annotated[PageOffset, Query()] = 0,
     cursor: Annotated[PageCursor, Query()] = None,
+    execute_after: Annotated[ExecuteAfterFilter, Query()] = None,
+    execute_before: Annotated[ExecuteBeforeFilter, Query()] = None,
 ):
-    filters = ListFilters(status=status, task_type=task_type)
+    filters = ListFilters(
+        status=status, task_type=task_type, execute_after=execute_after, execute_before=execute_before
+    )
     listing = service.list_tasks(filters, limit=limit, offset=offset, cursor=cursor, max_bytes=PAGE_BUDGET)
     return page_response(listing)
 

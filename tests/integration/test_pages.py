@@ -179,7 +179,16 @@ def test_a_page_of_large_tasks_reads_little_more_than_it_shows(sql):
     first, _ = list_page(limit="100")
     assert 1 < len(first["tasks"]) < 10 and first["total"] == 101
     rows = sql.run(
-        query("list_tasks"), status=None, task_type=None, before_id=None, limit=101, offset=0, max_bytes=PAGE_BUDGET
+        query("list_tasks"),
+        status=None,
+        task_type=None,
+        execute_after=None,
+        execute_before=None,
+        by_due_day=False,
+        before_id=None,
+        limit=101,
+        offset=0,
+        max_bytes=PAGE_BUDGET,
     )
     read_whole = [row[1] for row in rows if row[4] is not None]
     assert len(rows) == 101 and ids(first) == read_whole[: len(first["tasks"])]

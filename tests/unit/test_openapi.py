@@ -106,7 +106,7 @@ def test_parameters_say_what_a_client_may_send(document):
             "title": None,
         }
     query = {p["name"]: p for p in ops["get", "/api/v1/tasks"]["parameters"]}
-    assert set(query) == {"status", "task_type", "limit", "offset", "cursor"}
+    assert set(query) == {"status", "task_type", "limit", "offset", "cursor", "execute_after", "execute_before"}
     assert all(p["in"] == "query" and not p["required"] and p["allowEmptyValue"] for p in query.values())
     assert query["status"]["schema"]["enum"] == ["pending", "processing", "completed", "failed", "cancelled"]
     assert query["task_type"]["schema"]["maxLength"] == 50
@@ -115,6 +115,8 @@ def test_parameters_say_what_a_client_may_send(document):
     )  # clamped, not refused
     assert query["offset"]["schema"]["minimum"] == 0
     assert query["cursor"]["schema"]["type"] == "string" and "next_cursor" in query["cursor"]["schema"]["description"]
+    for name in ("execute_after", "execute_before"):
+        assert query[name]["schema"]["format"] == "date-time"
 
 
 def test_pages_document_next_cursor_and_short_pages(document):

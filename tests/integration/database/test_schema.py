@@ -41,6 +41,8 @@ EXPECTED_INDEXES = {
         "USING btree (updated_at) WHERE (status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]))"
     ),
     "scheduled_tasks_lease_idx": "USING btree (lease_expires_at) WHERE (status = 'processing'::text)",
+    "scheduled_tasks_due_day_idx": "USING btree (at_due_day(execute_at), id) INCLUDE (execute_at, status, task_type)",
+    "scheduled_tasks_execute_at_idx": "USING btree (execute_at) INCLUDE (status, task_type, id)",
     "scheduled_tasks_status_id_idx": "USING btree (status, id)",
     "scheduled_tasks_type_id_idx": "USING btree (task_type, id)",
     "scheduled_tasks_type_status_id_idx": "USING btree (task_type, status, id)",
@@ -208,8 +210,24 @@ def test_a_legal_lifecycle_passes_every_constraint(sql):
     assert sql.run("SELECT status, attempts FROM scheduled_tasks WHERE id = :id", id=task_id) == [["completed", 2]]
 
 
+DUE_DAY_COUNTS_BY_TABLE = (
+    "SELECT due_day, status, task_type, sum(n)::bigint FROM scheduled_task_due_day_counts "
+    "GROUP BY 1, 2, 3 HAVING sum(n) <> 0"
+)
+DUE_DAY_COUNTS_BY_ROWS = (
+    "SELECT date_trunc('day', execute_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', status, task_type, count(*) "
+    "FROM scheduled_tasks GROUP BY 1, 2, 3"
+)  # the UTC day written another way than at_due_day's date_bin
+
+
 def test_task_counts_follow_every_kind_of_write(sql):
-    """0002's triggers keep scheduled_task_counts equal to count(*) per (status, task_type)."""
+    """0002's and 0012's triggers keep scheduled_task_counts and scheduled_task_due_day_counts equal
+    to count(*) per (status, task_type) and per (UTC day of execute_at, status, task_type)."""
+
+    def due_day_counts():
+        by_table = sorted(map(tuple, sql.run(DUE_DAY_COUNTS_BY_TABLE)))
+        by_rows = sorted(map(tuple, sql.run(DUE_DAY_COUNTS_BY_ROWS)))
+        return by_table, by_rows
 
     def counts_by_table():
         return sorted(
@@ -229,9 +247,13 @@ def test_task_counts_follow_every_kind_of_write(sql):
 
     sql.run(
         "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
-        "SELECT now() + interval '1 hour', 't' || (i % 3), '{}' FROM generate_series(1, 30) AS i"
-    )
+        "SELECT TIMESTAMPTZ '2099-01-01 23:00:00Z' + interval '7 minutes' * i, 't' || (i % 3), '{}' "
+        "FROM generate_series(1, 30) AS i"
+    )  # across a UTC midnight, one task exactly on it
     assert counts_by_table() == counts_by_rows()
+    by_table, by_rows = due_day_counts()
+    assert by_table == by_rows and len({day for day, *_ in by_rows}) == 2
+    sql.run("UPDATE scheduled_tasks SET execute_at = execute_at + interval '1 day' WHERE id % 3 = 0")  # a PATCH
     sql.run("UPDATE scheduled_tasks SET status = 'cancelled' WHERE id % 4 = 0")
     sql.run(
         "UPDATE scheduled_tasks SET status = 'processing', attempts = 1, "
@@ -240,5 +262,25 @@ def test_task_counts_follow_every_kind_of_write(sql):
     sql.run("UPDATE scheduled_tasks SET task_type = 'renamed' WHERE id = 1")
     sql.run("DELETE FROM scheduled_tasks WHERE id % 7 = 0")
     assert counts_by_table() == counts_by_rows()
+    by_table, by_rows = due_day_counts()
+    assert by_table == by_rows and len({day for day, *_ in by_rows}) == 3
     sql.run("TRUNCATE scheduled_tasks CASCADE")
     assert counts_by_table() == [] and counts_by_rows() == []
+    assert due_day_counts() == ([], [])
+
+
+def test_the_due_day_counts_start_from_the_tasks_already_there(empty_db, conn_to, tmp_path):
+    earlier = tmp_path / "migrations"
+    earlier.mkdir()
+    for path in migrate.migration_files():
+        if path.name < "0012_":
+            (earlier / path.name).write_bytes(path.read_bytes())
+    conn = conn_to(empty_db)
+    migrate.apply_migrations(conn, earlier)
+    conn.run(
+        "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
+        "SELECT TIMESTAMPTZ '2099-03-01Z' + interval '5 hours' * i, 't' || (i % 2), '{}' FROM generate_series(1, 20) AS i"
+    )
+    assert migrate.apply_migrations(conn) == [path.stem for path in migrate.migration_files() if path.name >= "0012_"]
+    assert sorted(map(tuple, conn.run(DUE_DAY_COUNTS_BY_TABLE))) == sorted(map(tuple, conn.run(DUE_DAY_COUNTS_BY_ROWS)))
+    assert conn.run("SELECT sum(n) FROM scheduled_task_due_day_counts")[0][0] == 20

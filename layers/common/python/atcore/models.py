@@ -85,8 +85,9 @@ UtcTimestamp = Annotated[
 ]
 
 
-def parse_execute_at(value: object) -> datetime:
-    message = "execute_at must be RFC 3339 with a timezone, e.g. 2030-01-01T12:00:00Z"
+def parse_timestamp(name: str, value: object) -> datetime:
+    """An RFC 3339 date-time with an offset, in UTC; ValueError naming the field `name` otherwise."""
+    message = f"{name} must be RFC 3339 with a timezone, e.g. 2030-01-01T12:00:00Z"
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise ValueError(message)
     try:
@@ -94,6 +95,10 @@ def parse_execute_at(value: object) -> datetime:
         return parsed.astimezone(UTC)  # out-of-range dates (year 0, leap second 60) fail here
     except (ValueError, OverflowError):
         raise ValueError(message) from None
+
+
+def parse_execute_at(value: object) -> datetime:
+    return parse_timestamp("execute_at", value)
 
 
 def require_future(value: datetime) -> datetime:
@@ -242,6 +247,14 @@ def parse_task_type_filter(value: object) -> str | None:
     return value
 
 
+def parse_execute_after_filter(value: object) -> datetime | None:
+    return None if value is None or value == "" else parse_timestamp("execute_after", value)
+
+
+def parse_execute_before_filter(value: object) -> datetime | None:
+    return None if value is None or value == "" else parse_timestamp("execute_before", value)
+
+
 # Request parameter types: the validator gives the message, WithJsonSchema the OpenAPI schema of
 # what a client may send (which is wider than the parsed value: limit=0 or 500 are accepted).
 # (format int64 rather than maximum: Powertools' OpenAPI models hold bounds as floats, inexact at 2**63.)
@@ -291,6 +304,17 @@ _CURSOR_MEANING = (
     "The `next_cursor` of a previous page, with the same filters: the page continues after it (newest first), "
     "however many tasks were created meanwhile. Not with a non-zero `offset`."
 )
+_DUE_FILTER_SCHEMA = _TIMESTAMP_SCHEMA | {"description": "RFC 3339 with a timezone."}
+ExecuteAfterFilter = Annotated[
+    datetime | None,
+    BeforeValidator(parse_execute_after_filter),
+    WithJsonSchema(_DUE_FILTER_SCHEMA | {"description": "Only tasks with execute_at at or after this time."}),
+]
+ExecuteBeforeFilter = Annotated[
+    datetime | None,
+    BeforeValidator(parse_execute_before_filter),
+    WithJsonSchema(_DUE_FILTER_SCHEMA | {"description": "Only tasks with execute_at before this time."}),
+]
 PageCursor = Annotated[
     str | None,
     BeforeValidator(parse_cursor_text),
@@ -308,6 +332,8 @@ class ListFilters(BaseModel):
 
     status: TaskStatus | None = None
     task_type: str | None = None
+    execute_after: UtcTimestamp | None = None  # execute_after <= execute_at < execute_before
+    execute_before: UtcTimestamp | None = None
 
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")

@@ -119,6 +119,11 @@ def task_stats(conn: Connection) -> TaskStats:
     )
 
 
+# A due-time page reads up to limit + offset tasks of every day in its range (see list_tasks in
+# sql/tasks.sql); past this offset one scan by id costs less. Cursor pages have offset 0.
+BY_DUE_DAY_MAX_OFFSET = 1000
+
+
 def list_tasks(
     conn: Connection, *, filters: ListFilters, before_id: int | None, limit: int, offset: int, max_bytes: int
 ) -> TaskListing:
@@ -128,6 +133,9 @@ def list_tasks(
         query("list_tasks"),
         status=None if filters.status is None else filters.status.value,
         task_type=filters.task_type,
+        execute_after=filters.execute_after,
+        execute_before=filters.execute_before,
+        by_due_day=bool(filters.execute_after or filters.execute_before) and offset <= BY_DUE_DAY_MAX_OFFSET,
         before_id=before_id,
         limit=limit + 1,  # one more than shown: whether another page follows
         offset=offset,

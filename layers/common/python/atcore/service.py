@@ -183,6 +183,8 @@ def _existing(task_id: int, state: tuple[TaskStatus, int] | None) -> tuple[TaskS
 def list_tasks(filters: ListFilters, *, limit: int, offset: int, cursor: str | None, max_bytes: int) -> TaskListing:
     """One page of the tasks matching `filters`: from `offset` on, or after the page `cursor` ended;
     tasks past the first `max_bytes` of payload are left for the next page."""
+    if filters.execute_after and filters.execute_before and filters.execute_after > filters.execute_before:
+        raise InvalidRequest("execute_after must not be later than execute_before")  # swapped, surely
     before_id = None
     if cursor is not None:
         if offset:

@@ -112,13 +112,40 @@ SELECT 1
 -- A row is read whole only while the newer rows of the page hold under max_bytes of payload
 -- text; the rows after that come back as their id alone (the caller shows them on a later
 -- page), so a page of large tasks never reads much more than one response can carry.
+-- execute_after <= execute_at < execute_before (each NULL when not given): the total sums the
+-- whole UTC days inside the range from scheduled_task_due_day_counts (0012) and counts the rows
+-- of the partial days at its edges on scheduled_tasks_execute_at_idx. The page (by_due_day) is the
+-- newest of each day that holds matching tasks, merged: a scan by id alone would wade through
+-- every newer task of other days when the range is in the past (ids follow creation).
 WITH page_ids AS (
-    SELECT id
-    FROM scheduled_tasks
-    WHERE (CAST(:status AS text) IS NULL OR status = :status)
-      AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type)
-      AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)
-    ORDER BY id DESC LIMIT :limit OFFSET :offset
+    (SELECT id
+     FROM scheduled_tasks
+     WHERE NOT CAST(:by_due_day AS boolean)
+       AND (CAST(:status AS text) IS NULL OR status = :status)
+       AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type)
+       AND (CAST(:execute_after AS timestamptz) IS NULL OR execute_at >= :execute_after)
+       AND (CAST(:execute_before AS timestamptz) IS NULL OR execute_at < :execute_before)
+       AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)
+     ORDER BY id DESC LIMIT :limit OFFSET :offset)
+    UNION ALL
+    (SELECT per_day.id
+     FROM (SELECT due_day FROM scheduled_task_due_day_counts
+           WHERE CAST(:by_due_day AS boolean)
+             AND (CAST(:status AS text) IS NULL OR status = :status)
+             AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type)
+             AND (CAST(:execute_after AS timestamptz) IS NULL OR due_day >= at_due_day(:execute_after))
+             AND (CAST(:execute_before AS timestamptz) IS NULL OR due_day <= at_due_day(:execute_before))
+           GROUP BY due_day HAVING sum(n) > 0) AS days
+     CROSS JOIN LATERAL (
+         SELECT id FROM scheduled_tasks
+         WHERE at_due_day(execute_at) = days.due_day
+           AND (CAST(:status AS text) IS NULL OR status = :status)
+           AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type)
+           AND (CAST(:execute_after AS timestamptz) IS NULL OR execute_at >= :execute_after)
+           AND (CAST(:execute_before AS timestamptz) IS NULL OR execute_at < :execute_before)
+           AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)
+         ORDER BY id DESC LIMIT :limit + :offset) AS per_day
+     ORDER BY per_day.id DESC LIMIT :limit OFFSET :offset)
 ),
 sized AS (
     SELECT id, sum(octet_length(CAST(payload AS text))) OVER (
@@ -131,11 +158,36 @@ page AS (
     FROM sized
     LEFT JOIN scheduled_tasks AS t ON t.id = sized.id AND COALESCE(sized.newer_bytes, 0) < :max_bytes
 ),
-counted AS (
-    SELECT CAST(COALESCE(sum(n), 0) AS bigint) AS total
-    FROM scheduled_task_counts
+bounds AS (  -- whole days: from first_day (the first at or after execute_after) to end_day
+    SELECT lo, hi, at_due_day(lo) AS lo_day, at_due_day(hi) AS end_day,
+           at_due_day(lo) + CASE WHEN at_due_day(lo) = lo THEN interval '0' ELSE interval '1 day' END AS first_day
+    FROM (SELECT CAST(:execute_after AS timestamptz) AS lo, CAST(:execute_before AS timestamptz) AS hi) AS given
+),
+matching AS NOT MATERIALIZED (  -- the other filters, for the edge counts
+    SELECT execute_at FROM scheduled_tasks
     WHERE (CAST(:status AS text) IS NULL OR status = :status)
       AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type)
+),
+counted AS (
+    SELECT CAST(CASE
+        WHEN bounds.lo IS NULL AND bounds.hi IS NULL THEN
+            (SELECT COALESCE(sum(n), 0) FROM scheduled_task_counts
+             WHERE (CAST(:status AS text) IS NULL OR status = :status)
+               AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type))
+        WHEN bounds.lo_day = bounds.end_day THEN  -- within one day
+            (SELECT count(*) FROM matching WHERE execute_at >= bounds.lo AND execute_at < bounds.hi)
+        ELSE
+            (SELECT COALESCE(sum(n), 0) FROM scheduled_task_due_day_counts
+             WHERE (CAST(:status AS text) IS NULL OR status = :status)
+               AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type)
+               AND (bounds.first_day IS NULL OR due_day >= bounds.first_day)
+               AND (bounds.end_day IS NULL OR due_day < bounds.end_day))
+            + (SELECT count(*) FROM matching  -- the part of lo's day from lo on (none when lo is midnight)
+               WHERE execute_at >= bounds.lo AND execute_at < bounds.first_day)
+            + (SELECT count(*) FROM matching  -- the part of hi's day before hi
+               WHERE execute_at >= bounds.end_day AND execute_at < bounds.hi)
+        END AS bigint) AS total
+    FROM bounds
 )
 SELECT counted.total, page.*
 FROM counted
