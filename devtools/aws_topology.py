@@ -167,6 +167,7 @@ class EventSourceMapping:
         self._threads: list[threading.Thread] = []
         self.stats = MappingStats()
         self.environments: list[LambdaEnvironment] = []
+        self._warm: dict[int, LambdaEnvironment] = {}
 
     def start(self) -> EventSourceMapping:
         for slot in range(self._settings.max_concurrency):
@@ -174,6 +175,15 @@ class EventSourceMapping:
             thread.start()
             self._threads.append(thread)
         return self
+
+    def prewarm(self) -> None:
+        """An environment for every slot, started now (as after earlier traffic): the load that
+        follows meets no cold start. Their inits are not billed to what follows."""
+        for slot in range(self._settings.max_concurrency):
+            environment = self._new_environment(slot)
+            environment.warm()
+            self.environments.append(environment)
+            self._warm[slot] = environment
 
     def stop(self) -> None:
         """Stops invoking; a poller still in a long poll leaves when it returns (its thread is a daemon)."""
@@ -194,7 +204,9 @@ class EventSourceMapping:
                 raise
             if not messages or self._stopping.is_set():
                 continue
-            if environment is None:  # a cold start: this slot's first invocation
+            if environment is None:  # this slot's first invocation: a cold start unless prewarmed
+                environment = self._warm.pop(slot, None)
+            if environment is None:
                 environment = self._new_environment(slot)
                 self.environments.append(environment)
             event = records_from_received(messages, self._arn)
@@ -297,12 +309,16 @@ class AwsTopology:
 
         self._stack.callback(stop_moto)
         self.endpoint = f"http://127.0.0.1:{port}"
+        from botocore.config import Config
+
         self.sqs = boto3.client(
             "sqs",
             region_name=REGION,
             endpoint_url=self.endpoint,
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
+            # Every poller long-polls at once: one connection each (Lambda's pollers are separate).
+            config=Config(max_pool_connections=self.mapping_settings.max_concurrency + 4),
         )
         _wait_for(lambda: _answers(port), 20, "moto did not start")
         dlq_url = self.sqs.create_queue(QueueName="at-TaskDeadLetterQueue")["QueueUrl"]

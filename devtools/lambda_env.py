@@ -102,6 +102,11 @@ class LambdaEnvironment:
             return Invocation(None, "Task timed out", self.spec.timeout_seconds * 1000, init_ms)
         return Invocation(reply.get("result"), reply.get("error"), reply["duration_ms"], init_ms)
 
+    def warm(self) -> float | str:
+        """Start the environment now, as earlier traffic would have: its next invocation is warm.
+        Returns init ms, or the init error."""
+        return self._start() if self._process is None else 0.0
+
     def _start(self) -> float | str:
         """Starts the process and waits for its init; returns init ms, or the init error."""
         self.cold_starts += 1
@@ -138,23 +143,28 @@ class LambdaEnvironment:
         return self._cpu_of_closed + self._cpu_of_running()
 
     def _cpu_of_running(self) -> float:
-        if self._process is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        process = self._process
+        return 0.0 if process is None else _cpu_of(process)
 
     def close(self) -> None:
-        if self._process is not None:
-            self._cpu_of_closed += self._cpu_of_running()
-            self._process.kill()
-            self._process.wait()
-            self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        # Two threads may close at once (a timed-out invocation while the harness stops): one wins.
+        process, self._process = self._process, None
+        if process is not None:
+            self._cpu_of_closed += _cpu_of(process)
+            process.kill()
+            process.wait()
+        log, self._log = self._log, None
+        if log is not None:
+            log.close()
+
+
+def _cpu_of(process: subprocess.Popen[bytes]) -> float:
+    """The process's CPU seconds (user + system) so far, as Linux counts them."""
+    try:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def _serve(handler_path: str, function_name: str) -> None:

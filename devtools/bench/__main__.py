@@ -12,7 +12,7 @@ import importlib
 import logging
 import time
 
-BENCHMARKS = ("handlers", "cold_start", "listing", "batch", "lateness", "aws_path", "peer")
+BENCHMARKS = ("handlers", "cold_start", "listing", "batch", "retention", "lateness", "aws_path", "peer")
 
 
 def main(argv: list[str] | None = None) -> int:

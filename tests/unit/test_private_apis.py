@@ -75,3 +75,16 @@ def test_moto_serves_its_backends_as_a_wsgi_application() -> None:
 
     for name in ("DomainDispatcherApplication", "MotoRequestHandler", "create_backend_app"):
         assert hasattr(werkzeug_app, name), name
+
+
+def test_moto_checks_retention_in_a_method_the_emulator_replaces() -> None:
+    # devtools.moto_sqs replaces SQSBackend.is_message_valid_based_on_retention_period (moto's
+    # computes every queue attribute for each message) with one that reads the queue's
+    # message_retention_period, which Queue sets from its MessageRetentionPeriod attribute.
+    from moto.sqs.models import Queue, SQSBackend
+
+    method = SQSBackend.is_message_valid_based_on_retention_period
+    assert parameters(method) == ["self", "queue_name", "message"]
+    assert "is_message_valid_based_on_retention_period(" in source_of(SQSBackend.receive_message)
+    assert "MessageRetentionPeriod" in source_of(Queue)
+    assert "camelcase_to_underscores(key)" in source_of(Queue._set_attributes)
