@@ -30,7 +30,7 @@ def _speed_up_moto() -> None:
     from moto.sqs.models import SQSBackend
 
     def is_message_valid_based_on_retention_period(self: SQSBackend, queue_name: str, message: Any) -> bool:
-        retention_seconds = int(self.get_queue(queue_name).message_retention_period)
+        retention_seconds = int(self.get_queue(queue_name).message_retention_period)  # type: ignore[attr-defined]
         return retention_seconds + message.sent_timestamp / 1000 > unix_time()
 
     SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]

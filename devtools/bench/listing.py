@@ -145,7 +145,7 @@ def with_literals(sql: str, params: Mapping[str, object]) -> str:
 
 def describe(f: Filter) -> str:
     parts = [f"status={f.status}"] * bool(f.status) + [f"task_type={f.task_type}"] * bool(f.task_type)
-    return " & ".join(parts + [f.due] * bool(f.due)) or "no filter"
+    return " & ".join(parts + ([f.due] if f.due else [])) or "no filter"
 
 
 def stamp(at: datetime | None) -> str | None:
@@ -214,7 +214,7 @@ def time_listing(
     """p50/p95 per (filter, offset), rounds interleaved; checks every answer."""
     import json
 
-    events = {case: list_event(conn, *case, loaded_at, counts[case[0]]) for case in cases}
+    events = {case: list_event(conn, case[0], case[1], loaded_at, counts[case[0]]) for case in cases}
     samples: dict[tuple, list[float]] = {case: [] for case in cases}
     exact: dict[tuple, bool] = dict.fromkeys(cases, True)
     for case in cases:  # one warm-up each (plans, caches)
@@ -398,7 +398,7 @@ class Report:
     types: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     results: dict[str, dict[tuple, dict]] = field(default_factory=dict)  # NOW / BEFORE -> case -> figures
-    plans: dict[tuple, str] = field(default_factory=dict)  # filter -> plan of the current query
+    plans: dict[Filter, str] = field(default_factory=dict)  # filter -> plan of the current query
     writes: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # schema -> operation -> samples
 
     def markdown(self) -> str:

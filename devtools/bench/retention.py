@@ -142,7 +142,7 @@ def one_round(conn: pg8000.native.Connection, i: int, samples: dict[str, list[fl
 
 
 def take_turns(connections: dict[str, pg8000.native.Connection], runs: int) -> dict[str, dict[str, list[float]]]:
-    samples = {name: {op: [] for op in OPERATIONS} for name in connections}
+    samples: dict[str, dict[str, list[float]]] = {name: {op: [] for op in OPERATIONS} for name in connections}
     for i in range(runs):
         for name, conn in connections.items():
             one_round(conn, i, samples[name])
