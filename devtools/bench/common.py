@@ -240,6 +240,41 @@ def _reset_atcore() -> None:
         db.reset()
 
 
+# --- the engine's write paths, as raw SQL (what the count triggers and indexes cost) -----------
+
+
+def insert_due(conn: pg8000.native.Connection, count: int) -> None:
+    """`count` tasks due a second ago, for a claim to take."""
+    conn.run(
+        "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
+        "SELECT now() - interval '1 second', 'send_email', '{}' FROM generate_series(1, :count)",
+        count=count,
+    )
+
+
+def claim_due(conn: pg8000.native.Connection, batch_size: int) -> list[dict[str, Any]]:
+    """The local engine's claim (claim_due_tasks): the started attempts, by column name."""
+    from atcore.sql import query
+
+    rows = conn.run(query("claim_due_tasks"), batch_size=batch_size, lease_seconds=120)
+    columns = [column["name"] for column in conn.columns]
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+def record_successes(conn: pg8000.native.Connection, claimed: list[dict[str, Any]]) -> None:
+    """record_outcomes for attempts claim_due started: every one succeeded."""
+    from atcore.sql import query
+
+    conn.run(
+        query("record_outcomes"),
+        ids=[r["id"] for r in claimed],
+        attempts=[r["attempt"] for r in claimed],
+        succeeded=[True] * len(claimed),
+        errors=[None] * len(claimed),
+        retry_in_seconds=[None] * len(claimed),
+    )
+
+
 # --- the functions, as Lambda calls them -------------------------------------------------------
 
 # Set before a function is imported (Powertools reads them then): INFO lines per request and the

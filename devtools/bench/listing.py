@@ -317,24 +317,12 @@ def time_writes(conn: pg8000.native.Connection, runs: int) -> dict[str, dict[str
                 samples[name]["cancel"].append(time.perf_counter() - began)
                 if i % 10:
                     continue
-                conn.run(
-                    "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
-                    "SELECT now() - interval '1 second', 'send_email', '{}' FROM generate_series(1, 500)"
-                )
+                common.insert_due(conn, 500)
                 began = time.perf_counter()
-                claimed = conn.run(query("claim_due_tasks"), batch_size=500, lease_seconds=120)
+                claimed = common.claim_due(conn, 500)
                 samples[name]["claim 500"].append(time.perf_counter() - began)
-                columns = [column["name"] for column in conn.columns]
-                claimed = [dict(zip(columns, row, strict=True)) for row in claimed]
                 began = time.perf_counter()
-                conn.run(
-                    query("record_outcomes"),
-                    ids=[r["id"] for r in claimed],
-                    attempts=[r["attempt"] for r in claimed],
-                    succeeded=[True] * len(claimed),
-                    errors=[None] * len(claimed),
-                    retry_in_seconds=[None] * len(claimed),
-                )
+                common.record_successes(conn, claimed)
                 samples[name]["record 500 outcomes"].append(time.perf_counter() - began)
     finally:
         enable_counting(conn, ("0002", "0012"))

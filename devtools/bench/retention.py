@@ -110,35 +110,21 @@ def one_round(conn: pg8000.native.Connection, i: int, samples: dict[str, list[fl
         created_by=None,
     )
     samples["create"].append(time.perf_counter() - began)
-    for operation in OPERATIONS[1:3]:
-        conn.run(
-            "INSERT INTO scheduled_tasks (execute_at, task_type, payload) "
-            "SELECT now() - interval '1 second', 'send_email', '{}' FROM generate_series(1, :n)",
-            n=CLAIM_BATCH,
-        )
-        began = time.perf_counter()
-        if operation.startswith("claim"):
-            claimed = conn.run(query("claim_due_tasks"), batch_size=CLAIM_BATCH, lease_seconds=120)
-        else:
-            claimed = conn.run(query("hand_over_due_tasks"), batch_size=CLAIM_BATCH, handoff_seconds=60)
-        samples[operation].append(time.perf_counter() - began)
-        if operation.startswith("claim"):
-            columns = [column["name"] for column in conn.columns]
-            rows = [dict(zip(columns, row, strict=True)) for row in claimed]
-            began = time.perf_counter()
-            conn.run(
-                query("record_outcomes"),
-                ids=[r["id"] for r in rows],
-                attempts=[r["attempt"] for r in rows],
-                succeeded=[True] * len(rows),
-                errors=[None] * len(rows),
-                retry_in_seconds=[None] * len(rows),
-            )
-            samples["record outcomes"].append(time.perf_counter() - began)
-        else:  # the handed-over ones leave the due set, as their messages would start them
-            conn.run(
-                "UPDATE scheduled_tasks SET status = 'cancelled', queued_until = NULL WHERE queued_until IS NOT NULL"
-            )
+    claim, hand_over, record = OPERATIONS[1:]
+    common.insert_due(conn, CLAIM_BATCH)
+    began = time.perf_counter()
+    claimed = common.claim_due(conn, CLAIM_BATCH)
+    samples[claim].append(time.perf_counter() - began)
+    began = time.perf_counter()
+    common.record_successes(conn, claimed)
+    samples[record].append(time.perf_counter() - began)
+
+    common.insert_due(conn, CLAIM_BATCH)
+    began = time.perf_counter()
+    conn.run(query("hand_over_due_tasks"), batch_size=CLAIM_BATCH, handoff_seconds=60)
+    samples[hand_over].append(time.perf_counter() - began)
+    # The handed-over ones leave the due set, as their messages would start them.
+    conn.run("UPDATE scheduled_tasks SET status = 'cancelled', queued_until = NULL WHERE queued_until IS NOT NULL")
 
 
 def take_turns(connections: dict[str, pg8000.native.Connection], runs: int) -> dict[str, dict[str, list[float]]]:

@@ -114,12 +114,12 @@ def test_deep_offsets_take_the_other_way_to_the_same_pages(sql, spread, monkeypa
     """Past BY_DUE_DAY_MAX_OFFSET a due-time page is one scan by id; both ways give the same pages."""
     lo, hi = DAY0 + timedelta(days=1, hours=3), DAY0 + timedelta(days=8, hours=20)
     pages = {}
-    for limit in (0, 1000):
-        monkeypatch.setattr(repository, "BY_DUE_DAY_MAX_OFFSET", limit)
-        pages[limit] = [list_page(**query_of(lo, hi, None, None, limit="9", offset=str(o))) for o in (0, 1, 30)]
-    assert pages[0] == pages[1000]
+    for most in (-1, 1000):  # -1: every page by one scan by id; 1000: every page day by day
+        monkeypatch.setattr(repository, "BY_DUE_DAY_MAX_OFFSET", most)
+        pages[most] = [list_page(**query_of(lo, hi, None, None, limit="9", offset=str(o))) for o in (0, 1, 30)]
+    assert pages[-1] == pages[1000]
     ids = expected(sql, lo, hi, None, None)
-    assert [[task["id"] for task in page["tasks"]] for page in pages[0]] == [ids[0:9], ids[1:10], ids[30:39]]
+    assert [[task["id"] for task in page["tasks"]] for page in pages[-1]] == [ids[0:9], ids[1:10], ids[30:39]]
 
 
 def test_totals_stay_exact_as_tasks_move_change_and_go(sql, spread):

@@ -304,16 +304,15 @@ _CURSOR_MEANING = (
     "The `next_cursor` of a previous page, with the same filters: the page continues after it (newest first), "
     "however many tasks were created meanwhile. Not with a non-zero `offset`."
 )
-_DUE_FILTER_SCHEMA = _TIMESTAMP_SCHEMA | {"description": "RFC 3339 with a timezone."}
 ExecuteAfterFilter = Annotated[
     datetime | None,
     BeforeValidator(parse_execute_after_filter),
-    WithJsonSchema(_DUE_FILTER_SCHEMA | {"description": "Only tasks with execute_at at or after this time."}),
+    WithJsonSchema(_TIMESTAMP_SCHEMA | {"description": "Only tasks with execute_at at or after this time."}),
 ]
 ExecuteBeforeFilter = Annotated[
     datetime | None,
     BeforeValidator(parse_execute_before_filter),
-    WithJsonSchema(_DUE_FILTER_SCHEMA | {"description": "Only tasks with execute_at before this time."}),
+    WithJsonSchema(_TIMESTAMP_SCHEMA | {"description": "Only tasks with execute_at before this time."}),
 ]
 PageCursor = Annotated[
     str | None,
