@@ -237,6 +237,7 @@ def time_listing(
 
 def explain(conn: pg8000.native.Connection, sql: str, f: Filter, loaded_at: datetime) -> str:
     from atcore.api import PAGE_BUDGET
+    from atcore.repository import SCAN_BY_ID_MAX
 
     after, before = due_bounds(f.due, loaded_at)
     params = {
@@ -249,6 +250,7 @@ def explain(conn: pg8000.native.Connection, sql: str, f: Filter, loaded_at: date
         "limit": LIMIT + 1,
         "offset": 0,
         "max_bytes": PAGE_BUDGET,
+        "scan_by_id_max": SCAN_BY_ID_MAX,
     }  # as atcore.repository.list_tasks passes them
     lines = [row[0] for row in conn.run("EXPLAIN (ANALYZE, BUFFERS) " + with_literals(sql, params))]
     return trim_plan("\n".join(lines))

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from atcore import repository
+from atcore.api import PAGE_BUDGET
+from atcore.sql import query
 from devtools.support.functions import invoke_raw, load_event
 
 DAY0 = datetime(2099, 1, 1, tzinfo=UTC)
@@ -73,6 +75,13 @@ def query_of(lo, hi, status, task_type, **more: str) -> dict[str, str]:
     return {k: v for k, v in (given | {"task_type": task_type} | more).items() if v}
 
 
+@pytest.fixture(autouse=True, params=["day by day", "by id"])
+def way(request, monkeypatch) -> str:
+    """Every test runs both ways to a due-time page: these few tasks would always go by id."""
+    monkeypatch.setattr(repository, "SCAN_BY_ID_MAX", -1 if request.param == "day by day" else 10**9)
+    return request.param
+
+
 @pytest.fixture
 def spread(sql) -> random.Random:
     """400 tasks over ten UTC days, some exactly on midnights, of two types and two statuses."""
@@ -120,6 +129,32 @@ def test_deep_offsets_take_the_other_way_to_the_same_pages(sql, spread, monkeypa
     assert pages[-1] == pages[1000]
     ids = expected(sql, lo, hi, None, None)
     assert [[task["id"] for task in page["tasks"]] for page in pages[-1]] == [ids[0:9], ids[1:10], ids[30:39]]
+
+
+def test_a_due_time_page_goes_by_id_when_status_and_type_match_few_tasks(sql, spread):
+    """The day by day merge reads every task of each day; when the status and type match no more
+    than SCAN_BY_ID_MAX tasks in all, reading those by id is the smaller read (the choice the
+    query makes once, from the counts table)."""
+    matching = len(expected(sql, None, None, "pending", "a"))  # about 100 of the 400
+
+    def went_by_day(most: int, status: str | None, task_type: str | None, **due: str) -> bool:
+        rows = sql.run(
+            query("list_tasks"),
+            **{"status": status, "task_type": task_type, "execute_after": None, "execute_before": None} | due,
+            by_due_day=bool(due),
+            scan_by_id_max=most,
+            before_id=None,
+            limit=5,
+            offset=0,
+            max_bytes=PAGE_BUDGET,
+        )
+        return rows[0][[column["name"] for column in sql.columns].index("went_by_day")]
+
+    week = {"execute_after": stamp(DAY0 + timedelta(days=1)), "execute_before": stamp(DAY0 + timedelta(days=8))}
+    assert went_by_day(matching - 1, "pending", "a", **week)
+    assert not went_by_day(matching, "pending", "a", **week)
+    assert went_by_day(399, None, None, **week) and not went_by_day(400, None, None, **week)  # all of them
+    assert not went_by_day(-1, "pending", "a")  # without a due-time filter: always by id
 
 
 def test_totals_stay_exact_as_tasks_move_change_and_go(sql, spread):

@@ -185,6 +185,7 @@ def test_a_page_of_large_tasks_reads_little_more_than_it_shows(sql):
         execute_after=None,
         execute_before=None,
         by_due_day=False,
+        scan_by_id_max=0,
         before_id=None,
         limit=101,
         offset=0,

@@ -122,6 +122,9 @@ def task_stats(conn: Connection) -> TaskStats:
 # A due-time page reads up to limit + offset tasks of every day in its range (see list_tasks in
 # sql/tasks.sql); past this offset one scan by id costs less. Cursor pages have offset 0.
 BY_DUE_DAY_MAX_OFFSET = 1000
+# ...and when status and task_type match at most this many tasks in all, so does a due-time page:
+# reading those few by id costs less than reading every task of each day in the range.
+SCAN_BY_ID_MAX = 5000
 
 
 def list_tasks(
@@ -136,6 +139,7 @@ def list_tasks(
         execute_after=filters.execute_after,
         execute_before=filters.execute_before,
         by_due_day=bool(filters.execute_after or filters.execute_before) and offset <= BY_DUE_DAY_MAX_OFFSET,
+        scan_by_id_max=SCAN_BY_ID_MAX,
         before_id=before_id,
         limit=limit + 1,  # one more than shown: whether another page follows
         offset=offset,

@@ -116,11 +116,20 @@ SELECT 1
 -- whole UTC days inside the range from scheduled_task_due_day_counts (0012) and counts the rows
 -- of the partial days at its edges on scheduled_tasks_execute_at_idx. The page (by_due_day) is the
 -- newest of each day that holds matching tasks, merged: a scan by id alone would wade through
--- every newer task of other days when the range is in the past (ids follow creation).
-WITH page_ids AS (
+-- every newer task of other days when the range is in the past (ids follow creation). Unless
+-- status and task_type match at most :scan_by_id_max tasks in all (a cheap sum over
+-- scheduled_task_counts): then one scan by id reads no more than those, fewer than the day by day
+-- merge, which reads every task of a day to find the few of that status and type.
+WITH by_day AS MATERIALIZED (
+    SELECT CAST(:by_due_day AS boolean)
+           AND (SELECT COALESCE(sum(n), 0) FROM scheduled_task_counts
+                WHERE (CAST(:status AS text) IS NULL OR status = :status)
+                  AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type)) > :scan_by_id_max AS yes
+),
+page_ids AS (
     (SELECT id
      FROM scheduled_tasks
-     WHERE NOT CAST(:by_due_day AS boolean)
+     WHERE NOT (SELECT yes FROM by_day)
        AND (CAST(:status AS text) IS NULL OR status = :status)
        AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type)
        AND (CAST(:execute_after AS timestamptz) IS NULL OR execute_at >= :execute_after)
@@ -130,7 +139,7 @@ WITH page_ids AS (
     UNION ALL
     (SELECT per_day.id
      FROM (SELECT due_day FROM scheduled_task_due_day_counts
-           WHERE CAST(:by_due_day AS boolean)
+           WHERE (SELECT yes FROM by_day)
              AND (CAST(:status AS text) IS NULL OR status = :status)
              AND (CAST(:task_type AS text) IS NULL OR task_type = :task_type)
              AND (CAST(:execute_after AS timestamptz) IS NULL OR due_day >= at_due_day(:execute_after))
@@ -189,7 +198,7 @@ counted AS (
         END AS bigint) AS total
     FROM bounds
 )
-SELECT counted.total, page.*
+SELECT counted.total, page.*, (SELECT yes FROM by_day) AS went_by_day  -- the way it took
 FROM counted
 LEFT JOIN page ON true
 ORDER BY page.page_id DESC
