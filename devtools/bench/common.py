@@ -243,6 +243,15 @@ def _reset_atcore() -> None:
 # --- the engine's write paths, as raw SQL (what the count triggers and indexes cost) -----------
 
 
+def assert_counts_exact(conn: pg8000.native.Connection) -> None:
+    """Both counts tables (0002 by status and type, 0012 by due day) agree with count(*)."""
+    counted, by_day, actual = conn.run(
+        "SELECT (SELECT sum(n) FROM scheduled_task_counts), (SELECT sum(n) FROM scheduled_task_due_day_counts), "
+        "(SELECT count(*) FROM scheduled_tasks)"
+    )[0]
+    assert counted == by_day == actual, f"the counts tables say {counted} and {by_day}, count(*) says {actual}"
+
+
 def insert_due(conn: pg8000.native.Connection, count: int) -> None:
     """`count` tasks due a second ago, for a claim to take."""
     conn.run(

@@ -363,11 +363,7 @@ def run(quick: bool = False) -> str:
         report.results[NOW] = time_listing(handler, conn, counts, cases, runs, loaded_at)
         report.plans = {f: explain(conn, current_sql(), f, loaded_at) for f in FILTERS}
         report.load_during = common.load_average()
-        counted, by_day, actual = conn.run(
-            "SELECT (SELECT sum(n) FROM scheduled_task_counts), (SELECT sum(n) FROM scheduled_task_due_day_counts), "
-            "(SELECT count(*) FROM scheduled_tasks)"
-        )[0]
-        assert counted == by_day == actual, f"the counts tables say {counted} and {by_day}, count(*) says {actual}"
+        common.assert_counts_exact(conn)
         report.writes = time_writes(conn, 20 if quick else 200)  # last: it leaves the counts wrong
         conn.close()
     return report.markdown()
