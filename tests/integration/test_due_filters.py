@@ -75,9 +75,10 @@ def query_of(lo, hi, status, task_type, **more: str) -> dict[str, str]:
     return {k: v for k, v in (given | {"task_type": task_type} | more).items() if v}
 
 
-@pytest.fixture(autouse=True, params=["day by day", "by id"])
+@pytest.fixture(params=["day by day", "by id"])
 def way(request, monkeypatch) -> str:
-    """Every test runs both ways to a due-time page: these few tasks would always go by id."""
+    """Both ways to a due-time page, for the tests that list ranges: these few tasks would always
+    go by id (repository.SCAN_BY_ID_MAX)."""
     monkeypatch.setattr(repository, "SCAN_BY_ID_MAX", -1 if request.param == "day by day" else 10**9)
     return request.param
 
@@ -94,7 +95,7 @@ def spread(sql) -> random.Random:
     return rng
 
 
-def test_totals_and_pages_match_the_rows_for_any_range(sql, spread):
+def test_totals_and_pages_match_the_rows_for_any_range(sql, spread, way):
     rng = spread
     ranges = [
         (None, None),
@@ -122,6 +123,7 @@ def test_totals_and_pages_match_the_rows_for_any_range(sql, spread):
 def test_deep_offsets_take_the_other_way_to_the_same_pages(sql, spread, monkeypatch):
     """Past BY_DUE_DAY_MAX_OFFSET a due-time page is one scan by id; both ways give the same pages."""
     lo, hi = DAY0 + timedelta(days=1, hours=3), DAY0 + timedelta(days=8, hours=20)
+    monkeypatch.setattr(repository, "SCAN_BY_ID_MAX", -1)  # never by id for want of tasks
     pages = {}
     for most in (-1, 1000):  # -1: every page by one scan by id; 1000: every page day by day
         monkeypatch.setattr(repository, "BY_DUE_DAY_MAX_OFFSET", most)
@@ -157,7 +159,7 @@ def test_a_due_time_page_goes_by_id_when_status_and_type_match_few_tasks(sql, sp
     assert not went_by_day(-1, "pending", "a")  # without a due-time filter: always by id
 
 
-def test_totals_stay_exact_as_tasks_move_change_and_go(sql, spread):
+def test_totals_stay_exact_as_tasks_move_change_and_go(sql, spread, way):
     sql.run("UPDATE scheduled_tasks SET execute_at = execute_at + interval '30 hours' WHERE id % 3 = 0")  # PATCH
     sql.run("UPDATE scheduled_tasks SET status = 'cancelled' WHERE id % 5 = 0 AND status = 'pending'")
     sql.run("DELETE FROM scheduled_tasks WHERE id % 7 = 0")  # retention
@@ -171,7 +173,7 @@ def test_totals_stay_exact_as_tasks_move_change_and_go(sql, spread):
             assert page["total"] == len(expected(sql, lo, hi, status, None)), (lo, hi, status)
 
 
-def test_a_cursor_walk_with_a_range_sees_every_matching_task_once(sql, spread):
+def test_a_cursor_walk_with_a_range_sees_every_matching_task_once(sql, spread, way):
     lo, hi = DAY0 + timedelta(days=2, hours=7), DAY0 + timedelta(days=7, hours=2)
     query = query_of(lo, hi, None, "a", limit="9")
     seen, page = [], list_page(**query)
@@ -214,7 +216,7 @@ def test_a_bad_time_filter_is_a_400(sql, query, message):
     assert message in json.loads(response["body"])["error"]
 
 
-def test_far_times_and_equal_bounds_are_simply_ranges(sql, spread):
+def test_far_times_and_equal_bounds_are_simply_ranges(sql, spread, way):
     assert list_page(execute_after="0001-01-01T00:00:00Z", execute_before="9999-12-31T23:59:59Z")["total"] == 400
     assert list_page(execute_after="2099-01-03T00:00:00Z", execute_before="2099-01-03T00:00:00Z") == {
         "tasks": [],
