@@ -32,9 +32,14 @@ def test_moto_as_patched_hands_out_messages_without_computing_every_queue_attrib
         SQSBackend.is_message_valid_based_on_retention_period,
     )
     moto_sqs._speed_up_moto()
-    computed = []
-    every_attribute = Queue.attributes
-    monkeypatch.setattr(Queue, "attributes", property(lambda queue: computed.append(1) or every_attribute.fget(queue)))
+    computed: list[str] = []
+    every_attribute = Queue.attributes.fget  # type: ignore[attr-defined]
+
+    def counted(queue: Queue) -> dict:
+        computed.append(queue.name)
+        return every_attribute(queue)
+
+    monkeypatch.setattr(Queue, "attributes", property(counted))
     with mock_aws():
         sqs = boto3.client("sqs", region_name="us-east-1")
         url = sqs.create_queue(QueueName="q", Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
